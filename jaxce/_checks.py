@@ -1,0 +1,128 @@
+"""Trace-time argument checks and the dtype policy shared by every public function.
+
+Everything here looks only at shapes and dtypes, so it runs once per trace and costs nothing
+under ``jit``. Each error names the argument, what it received and what was expected.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+Axis = int | Sequence[int] | None
+
+
+def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """The dtype a computation runs in: 16-bit floats are upcast to float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _describe(x: jax.Array) -> str:
+    return f"dtype {x.dtype}, shape {tuple(x.shape)}"
+
+
+def float_array(name: str, x: ArrayLike) -> jax.Array:
+    """``x`` as an array in its compute dtype; a ``TypeError`` unless it is floating point."""
+    arr = jnp.asarray(x)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must be a floating-point array (float16, bfloat16, float32 or float64); "
+            f"got {_describe(arr)}. Cast it, e.g. `{name}.astype(jnp.float32)`."
+        )
+    return arr.astype(compute_dtype(arr.dtype))
+
+
+def integer_array(name: str, x: ArrayLike) -> jax.Array:
+    """``x`` as an integer array; a ``TypeError`` for float or boolean labels."""
+    arr = jnp.asarray(x)
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise TypeError(
+            f"`{name}` must hold integer class indices (an int32/int64 array); got "
+            f"{_describe(arr)}. For probability targets use `softmax_cross_entropy`; "
+            f"for float-typed indices cast with `{name}.astype(jnp.int32)`."
+        )
+    return arr
+
+
+def canonical_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
+    """Normalize an int, a tuple of ints or ``None`` to a tuple of non-negative axes.
+
+    The order is kept: with integer labels over a tuple of axes it fixes the flat class index.
+    """
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (int, np.integer)):
+        raw: tuple[int, ...] = (operator.index(axis),)
+    elif isinstance(axis, (tuple, list)) and all(isinstance(a, (int, np.integer)) for a in axis):
+        raw = tuple(operator.index(a) for a in axis)
+    else:
+        raise TypeError(
+            f"`{name}` must be an int, a tuple of ints or None; got {axis!r} "
+            f"(type {type(axis).__name__})."
+        )
+    if not raw:
+        raise ValueError(f"`{name}` must name at least one axis; got {axis!r}.")
+    out = []
+    for a in raw:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"`{name}`={axis!r} is out of range for an array with {ndim} dimension(s); "
+                f"expected values in [{-ndim}, {ndim - 1}]."
+            )
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"`{name}`={axis!r} repeats an axis.")
+    return tuple(out)
+
+
+def _broadcastable(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
+    return len(src) == len(dst) and all(s in (1, d) for s, d in zip(src, dst, strict=True))
+
+
+def same_rank_broadcast(
+    name: str, x: jax.Array, shape: tuple[int, ...], ref_name: str = "logits"
+) -> jax.Array:
+    """Broadcast ``x`` to ``shape`` only if it has the same rank and each dim is equal or 1.
+
+    Rank promotion is refused on purpose: labels of shape ``[batch]`` against logits of shape
+    ``[batch, classes]`` would silently broadcast along the wrong axis when batch == classes.
+    """
+    if not _broadcastable(tuple(x.shape), shape):
+        raise ValueError(
+            f"`{name}` has shape {tuple(x.shape)}, which does not match `{ref_name}` of shape "
+            f"{shape}: expected the same number of dimensions with each dimension equal "
+            f"or 1."
+        )
+    return jnp.broadcast_to(x, shape)
+
+
+def mask_array(
+    where: ArrayLike | None, shape: tuple[int, ...], axes: tuple[int, ...], name: str = "where"
+) -> jax.Array | None:
+    """A boolean mask broadcast to ``shape``, or ``None``.
+
+    As in optax, a mask with the class axes missing (``[batch]`` for ``[batch, classes]``) is a
+    per-example mask and is expanded along ``axes`` first.
+    """
+    if where is None:
+        return None
+    w = jnp.asarray(where)
+    if w.dtype != jnp.bool_:
+        raise TypeError(
+            f"`{name}` must be a boolean mask (True = include); got {_describe(w)}. "
+            f"Use `{name}.astype(bool)`."
+        )
+    if w.ndim == len(shape) - len(axes):
+        w = jnp.expand_dims(w, axes)
+    if not _broadcastable(tuple(w.shape), shape):
+        raise ValueError(
+            f"`{name}` has shape {tuple(jnp.asarray(where).shape)}, which fits neither the "
+            f"logits shape {shape} nor its batch shape (logits without axes {axes}); each "
+            f"dimension must be equal or 1."
+        )
+    return jnp.broadcast_to(w, shape)

@@ -1,0 +1,108 @@
+r"""Kullback-Leibler divergences, optax-compatible."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxce._checks import Axis, canonical_axes, float_array, mask_array, same_rank_broadcast
+from jaxce._primitives import safe_mul, xlogy
+
+__all__ = ["kl_divergence", "kl_divergence_with_log_targets"]
+
+
+def _prepare(
+    name_p: str, log_predictions: ArrayLike, name_t: str, targets: ArrayLike, axis: Axis, where
+):
+    lp = float_array(name_p, log_predictions)
+    t = float_array(name_t, targets)
+    shape = jnp.broadcast_shapes(lp.shape, t.shape) if lp.ndim == t.ndim else tuple(lp.shape)
+    lp = same_rank_broadcast(name_p, lp, tuple(shape), ref_name=name_t)
+    t = same_rank_broadcast(name_t, t, tuple(shape), ref_name=name_p)
+    dtype = jnp.promote_types(lp.dtype, t.dtype)
+    axes = canonical_axes(axis, len(shape))
+    mask = mask_array(where, tuple(shape), axes)
+    return lp.astype(dtype), t.astype(dtype), axes, mask
+
+
+def _masked_sum(terms: jax.Array, axes: tuple[int, ...], mask: jax.Array | None) -> jax.Array:
+    if mask is not None:
+        # where, not multiply: a masked term may be inf or NaN.
+        terms = jnp.where(mask, terms, jnp.zeros((), terms.dtype))
+    return jnp.sum(terms, axis=axes)
+
+
+def kl_divergence(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Kullback-Leibler divergence :math:`\sum_k t_k (\log t_k - \log p_k)` of ``p`` from ``t``.
+
+    **Stable form.** Each term is ``xlogy(t, t) - safe_mul(t, log_p)``, both with the zero
+    convention of :func:`jaxce.xlogy` / :func:`jaxce.safe_mul`: a term with :math:`t_k = 0` is 0
+    in value and in both derivatives, even when :math:`\log p_k = -\infty` (optax returns a NaN
+    gradient with respect to the targets there; optax PR #1786).
+
+    ============================================  ==========  ==================================
+    case                                          value       gradient
+    ============================================  ==========  ==================================
+    ``t_k = 0`` (any ``log p_k``, also ``-inf``)  term 0      0 for both arguments
+    ``t_k > 0``, ``log p_k = -inf``               ``+inf``    ``-t_k`` wrt ``log p_k``
+    masked class                                  excluded    0
+    ============================================  ==========  ==================================
+
+    Args:
+      log_predictions: log-probabilities of the prediction, ``[..., num_classes]``.
+      targets: probabilities of the target, same rank, broadcastable.
+      axis: class axis or tuple of axes (``None``: all).
+      where: optional boolean mask, full shape or batch shape.
+
+    Returns:
+      Per-example divergence, class axes removed, float32 for 16-bit inputs.
+
+    >>> import jax.numpy as jnp, jaxce
+    >>> float(jaxce.kl_divergence(jnp.array([-jnp.inf, 0.0]), jnp.array([0.0, 1.0])))
+    0.0
+    """
+    lp, t, axes, mask = _prepare(
+        "log_predictions", log_predictions, "targets", targets, axis, where
+    )
+    return _masked_sum(xlogy(t, t) - safe_mul(t, lp), axes, mask)
+
+
+def kl_divergence_with_log_targets(
+    log_predictions: ArrayLike,
+    log_targets: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""KL divergence with targets in log space: :math:`\sum_k e^{\ell_k}(\ell_k - \log p_k)`.
+
+    **Stable form.** The coefficient :math:`e^{\ell_k}` multiplies with the zero convention,
+    so a target of log-probability ``-inf`` contributes 0 to the value and to every
+    derivative (optax: ``0 · (-inf) = NaN``).
+
+    ============================================  ==========  ==================================
+    case                                          value       gradient
+    ============================================  ==========  ==================================
+    ``log t_k = -inf``                            term 0      0 for both arguments
+    ``log t_k`` finite, ``log p_k = -inf``        ``+inf``    ``-t_k`` wrt ``log p_k``
+    masked class                                  excluded    0
+    ============================================  ==========  ==================================
+
+    Args:
+      log_predictions: log-probabilities of the prediction, ``[..., num_classes]``.
+      log_targets: log-probabilities of the target, same rank, broadcastable.
+      axis: class axis or tuple of axes (``None``: all).
+      where: optional boolean mask, full shape or batch shape.
+
+    Returns:
+      Per-example divergence, class axes removed, float32 for 16-bit inputs.
+    """
+    lp, lt, axes, mask = _prepare(
+        "log_predictions", log_predictions, "log_targets", log_targets, axis, where
+    )
+    return _masked_sum(safe_mul(jnp.exp(lt), lt - lp), axes, mask)

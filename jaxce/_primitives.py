@@ -1,0 +1,405 @@
+r"""Numerical primitives: every loss in jaxce is built from these and nothing else.
+
+The accuracy standard is the condition-scaled error of ``shared/NUMERICS.md``. The common idea
+is to keep the small quantities small: the log-sum-exp of a row is computed as
+``m + log1p(S')`` where ``m`` is the row maximum and ``S'`` sums ``exp(x_k - m)`` over every class
+but *one* arg-max, so a row dominated by one class gives ``S'`` itself (say ``1e-30``), not
+``1 + S'`` rounded to 1. The derivative rules reuse the same pieces, so ``1 - p`` for a confident
+class is also available to full relative precision.
+
+Conventions (each pinned by a test):
+
+* ``where=False`` removes a class: it leaves the normalizer, its log-probability is ``-inf``, its
+  probability and every derivative with respect to it are 0.
+* A row whose classes are all masked or ``-inf`` is *empty*: ``logsumexp = -inf``,
+  ``log_softmax = -inf``, ``softmax = 0`` and all derivatives 0, never NaN (jax #6811).
+* ``+inf`` entries of a row share the probability equally (the limit of equal logits growing
+  together); ``logsumexp = +inf``, its derivative is that probability, finite.
+* A NaN in a row makes that row's results NaN and leaves other rows untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxce._checks import Axis, canonical_axes, compute_dtype, mask_array
+
+__all__ = [
+    "log_sigmoid",
+    "log_softmax",
+    "logsumexp",
+    "safe_mul",
+    "sigmoid",
+    "softmax",
+    "softplus",
+    "xlogy",
+]
+
+
+def _float_in(x: ArrayLike) -> jax.Array:
+    """Primitives accept any numeric input (as ``jax.nn`` does); compute in >= float32."""
+    arr = jnp.asarray(x)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    return arr
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise: sigmoid, softplus, log_sigmoid
+# --------------------------------------------------------------------------------------------
+
+
+@jax.custom_jvp
+def _sigmoid(x: jax.Array) -> jax.Array:
+    # exp(-|x|) never overflows; the negative side is e/(1+e), not 1 - 1/(1+e^-x).
+    e = jnp.exp(-jnp.abs(x))
+    s = 1.0 / (1.0 + e)
+    return jnp.where(x >= 0, s, e * s)
+
+
+@_sigmoid.defjvp
+def _sigmoid_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]):
+    (x,), (x_dot,) = primals, tangents
+    e = jnp.exp(-jnp.abs(x))
+    s = 1.0 / (1.0 + e)
+    # sigma(x) * sigma(-x) = e / (1 + e)^2: no 1 - sigma cancellation in either tail.
+    return jnp.where(x >= 0, s, e * s), e * s * s * x_dot
+
+
+@jax.custom_jvp
+def _softplus(x: jax.Array) -> jax.Array:
+    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): exact limits softplus(+inf) = +inf,
+    # softplus(-inf) = 0, and full relative precision for the tiny values at x << 0.
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@_softplus.defjvp
+def _softplus_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]):
+    (x,), (x_dot,) = primals, tangents
+    return _softplus(x), _sigmoid(x) * x_dot
+
+
+def _elementwise(fn, x: ArrayLike) -> jax.Array:
+    arr = _float_in(x)
+    return fn(arr.astype(compute_dtype(arr.dtype))).astype(arr.dtype)
+
+
+def sigmoid(x: ArrayLike) -> jax.Array:
+    r"""Logistic sigmoid :math:`\sigma(x) = 1 / (1 + e^{-x})`, accurate in both tails.
+
+    Computed as ``1/(1+e)`` for ``x >= 0`` and ``e/(1+e)`` for ``x < 0`` with
+    ``e = exp(-|x|)``, so ``sigmoid(-80)`` is ``1.8e-35`` to full relative precision. The
+    derivative :math:`\sigma(x)\sigma(-x)` is evaluated as ``e/(1+e)^2``: finite at ``±inf``
+    (where it is 0) and accurate in the tails.
+
+    Args:
+      x: any shape. 16-bit inputs are computed in float32; the result has ``x``'s dtype.
+
+    Returns:
+      :math:`\sigma(x)`, same shape and dtype as ``x``.
+
+    >>> import jaxce
+    >>> float(jaxce.sigmoid(-80.0))  # doctest: +ELLIPSIS
+    1.80485...e-35
+    """
+    return _elementwise(_sigmoid, x)
+
+
+def softplus(x: ArrayLike) -> jax.Array:
+    r"""Softplus :math:`\log(1 + e^x)`, with derivative :math:`\sigma(x)`.
+
+    Computed as :math:`\max(x, 0) + \operatorname{log1p}(e^{-|x|})`: no overflow, and the tiny
+    values for :math:`x \ll 0` keep full relative precision (``softplus(-30) = 9.4e-14``, not 0).
+
+    ========  =====================  ==================
+    ``x``     value                  derivative
+    ========  =====================  ==================
+    ``+inf``  ``+inf``               1
+    ``-inf``  0                      0
+    NaN       NaN                    NaN
+    ========  =====================  ==================
+
+    Args:
+      x: any shape. 16-bit inputs are computed in float32; the result has ``x``'s dtype.
+
+    Returns:
+      ``softplus(x)``, same shape and dtype as ``x``.
+
+    >>> import jaxce
+    >>> float(jaxce.softplus(-30.0))  # doctest: +ELLIPSIS
+    9.357...e-14
+    """
+    return _elementwise(_softplus, x)
+
+
+def log_sigmoid(x: ArrayLike) -> jax.Array:
+    r"""Log-sigmoid :math:`\log\sigma(x) = -\operatorname{softplus}(-x)`.
+
+    Built on :func:`softplus` and its rule.
+
+    ``log_sigmoid(+inf) = 0`` with derivative 0, ``log_sigmoid(-inf) = -inf`` with derivative 1.
+
+    Args:
+      x: any shape. 16-bit inputs are computed in float32; the result has ``x``'s dtype.
+
+    Returns:
+      :math:`\log\sigma(x)`, same shape and dtype as ``x``.
+    """
+    return _elementwise(lambda v: -_softplus(-v), x)
+
+
+# --------------------------------------------------------------------------------------------
+# Safe products: 0 * anything = 0, in value and derivative
+# --------------------------------------------------------------------------------------------
+
+
+def safe_mul(x: ArrayLike, y: ArrayLike) -> jax.Array:
+    r"""The product ``x * y``, with ``0 * y = 0`` even where ``y`` is ``±inf`` or NaN.
+
+    Where ``x == 0`` the value is 0 and the derivatives with respect to ``x`` and ``y`` are both
+    0: the term is absent. This is the ``0 · (−inf) = 0`` convention of cross-entropy with a
+    zero target on a class of zero probability (optax #896). It is written with the double
+    ``where`` (replace the unsafe operand first, then multiply), which JAX's own derivative
+    rules carry exactly to every order, so no custom rule is needed.
+
+    Args:
+      x: the coefficient (a target, a weight).
+      y: the factor that may be infinite where ``x`` is 0.
+
+    Returns:
+      ``x * y`` with the zero convention, broadcast shape.
+    """
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    return x * jnp.where(x == 0, jnp.zeros((), y.dtype), y)
+
+
+def xlogy(x: ArrayLike, y: ArrayLike) -> jax.Array:
+    r"""``x * log(y)`` with ``0 · log 0 = 0`` in value *and* derivative.
+
+    Unlike ``jax.scipy.special.xlogy``, whose derivative at ``x = y = 0`` is ``-inf`` with respect
+    to ``x`` and NaN with respect to ``y``, both derivatives here are 0 where ``x == 0`` (the
+    term is absent). Elsewhere the derivatives are ``log y`` and ``x / y``.
+
+    Args:
+      x: the coefficient.
+      y: the argument of the logarithm.
+
+    Returns:
+      ``x * log(y)``, broadcast shape.
+    """
+    x = _float_in(x)
+    y = _float_in(y)
+    safe_y = jnp.where(x == 0, jnp.ones((), y.dtype), y)
+    return safe_mul(x, jnp.log(safe_y))
+
+
+# --------------------------------------------------------------------------------------------
+# Row reductions: logsumexp, log_softmax, softmax
+# --------------------------------------------------------------------------------------------
+
+
+class RowParts(NamedTuple):
+    """The shifted pieces of a row, shared by every softmax-type computation.
+
+    ``shifted = x - m`` (``-inf`` at masked classes, 0 at ``+inf`` entries of a ``+inf`` row),
+    ``e = exp(shifted)``, ``s1 = S'`` (the sum of ``e`` over all classes but one arg-max, >= 0),
+    ``n_top`` the number of arg-max entries, ``top`` their indicator. ``m`` is the row max
+    (``-inf`` for an empty row); all reductions keep their dims.
+    """
+
+    m: jax.Array
+    shifted: jax.Array
+    e: jax.Array
+    s1: jax.Array
+    top: jax.Array
+    n_top: jax.Array
+
+
+def row_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> RowParts:
+    """Plain jnp code, differentiable to any order with correct derivatives.
+
+    The shift keeps its true derivative (no ``stop_gradient``): ``jnp.max`` spreads its tangent
+    evenly over tied maxima, and with that the tangent of ``S'`` (which drops the arg-max terms)
+    equals the tangent of the full sum, so the derivative rules built on these parts stay exact
+    when JAX differentiates them again (Hessians).
+    """
+    xm = x if where is None else jnp.where(where, x, -jnp.inf)
+    m = jnp.max(xm, axis=axes, keepdims=True, initial=-jnp.inf)
+    nonempty = m > -jnp.inf  # False for empty rows and for NaN rows
+    top = (xm == m) & nonempty
+    m_shift = jnp.where(m == -jnp.inf, jnp.zeros((), x.dtype), m)
+    # Only +inf entries of a +inf row need the where; elsewhere x - m is exact at the arg-max.
+    shifted = jnp.where(top & (m == jnp.inf), jnp.zeros((), x.dtype), xm - m_shift)
+    e = jnp.exp(shifted)
+    n_top = jnp.sum(top, axis=axes, keepdims=True, dtype=x.dtype)
+    s1 = jnp.sum(jnp.where(top, jnp.zeros((), x.dtype), e), axis=axes, keepdims=True)
+    s1 = s1 + jnp.maximum(n_top - 1.0, 0.0)
+    return RowParts(m, shifted, e, s1, top, n_top)
+
+
+def _lse_minus_value(parts: RowParts, ref: jax.Array) -> jax.Array:
+    m = parts.m
+    # m - ref without inf - inf: (+inf, +inf) -> 0 (tied +inf entries), and an empty row
+    # against a -inf reference -> +inf (the reference class has probability 0). Finite ties
+    # keep m - ref, whose derivative the Hessian needs.
+    d = jnp.where(
+        (m == ref) & jnp.isinf(m),
+        jnp.where(m < 0, jnp.array(jnp.inf, m.dtype), jnp.zeros((), m.dtype)),
+        m - ref,
+    )
+    return d + jnp.log1p(parts.s1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def lse_minus(
+    x: jax.Array, ref: jax.Array, where: jax.Array | None, axes: tuple[int, ...]
+) -> jax.Array:
+    """``logsumexp(x, axes, where) - ref`` (dims kept), computed as ``(m - ref) + log1p(S')``.
+
+    With ``ref = 0`` this is logsumexp itself; with ``ref`` = the target logit and ``where``
+    excluding the target, it is the argument of the integer-label cross-entropy's softplus,
+    free of the ``lse(x) - x_y`` cancellation. Derivative: ``sum(p * x_dot) - ref_dot`` with
+    ``p`` the (masked) softmax, 0 for empty rows.
+    """
+    return _lse_minus_value(row_parts(x, where, axes), ref)
+
+
+@lse_minus.defjvp
+def _lse_minus_jvp(axes: tuple[int, ...], primals, tangents):
+    x, ref, where = primals
+    x_dot, ref_dot, _ = tangents
+    parts = row_parts(x, where, axes)
+    p = parts.e / (1.0 + parts.s1)
+    return (
+        _lse_minus_value(parts, ref),
+        jnp.sum(p * x_dot, axis=axes, keepdims=True) - ref_dot,
+    )
+
+
+def _log_softmax_value(parts: RowParts) -> jax.Array:
+    return parts.shifted - jnp.log1p(parts.s1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _log_softmax(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
+    return _log_softmax_value(row_parts(x, where, axes))
+
+
+@_log_softmax.defjvp
+def _log_softmax_jvp(axes: tuple[int, ...], primals, tangents):
+    x, where = primals
+    x_dot, _ = tangents
+    parts = row_parts(x, where, axes)
+    p = parts.e / (1.0 + parts.s1)
+    t = x_dot - jnp.sum(p * x_dot, axis=axes, keepdims=True)
+    if where is not None:
+        t = jnp.where(where, t, jnp.zeros((), t.dtype))
+    return _log_softmax_value(parts), t
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _softmax(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
+    parts = row_parts(x, where, axes)
+    return parts.e / (1.0 + parts.s1)
+
+
+@_softmax.defjvp
+def _softmax_jvp(axes: tuple[int, ...], primals, tangents):
+    x, where = primals
+    x_dot, _ = tangents
+    p = _softmax(x, where, axes)
+    # Written from the output, as jax.nn.softmax does: p * (x_dot - <p, x_dot>).
+    return p, p * (x_dot - jnp.sum(p * x_dot, axis=axes, keepdims=True))
+
+
+def _row_inputs(
+    x: ArrayLike, axis: Axis, where: ArrayLike | None
+) -> tuple[jax.Array, jnp.dtype, tuple[int, ...], jax.Array | None]:
+    arr = _float_in(x)
+    axes = canonical_axes(axis, arr.ndim)
+    mask = mask_array(where, tuple(arr.shape), axes)
+    return arr.astype(compute_dtype(arr.dtype)), arr.dtype, axes, mask
+
+
+def logsumexp(
+    x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None, keepdims: bool = False
+) -> jax.Array:
+    r"""Log-sum-exp :math:`\log\sum_k e^{x_k}` over ``axis``, with a custom derivative rule.
+
+    Computed as :math:`m + \operatorname{log1p}(S')` where :math:`m` is the maximum over the
+    included classes and :math:`S' = \sum e^{x_k - m}` over all of them but one arg-max: a
+    result near 0 (one dominant logit near 0) keeps its relative precision. Derivative:
+    the softmax.
+
+    =====================================  ==========  ====================================
+    row                                    value       derivative
+    =====================================  ==========  ====================================
+    all ``-inf`` or all masked             ``-inf``    0 (jax #6811 gives NaN)
+    contains ``+inf``                      ``+inf``    shared equally by the ``+inf`` entries
+    contains NaN (unmasked)                NaN         NaN
+    masked entries (``where=False``)       excluded    0
+    =====================================  ==========  ====================================
+
+    Args:
+      x: logits, any shape.
+      axis: axis or tuple of axes to reduce; ``None`` for all.
+      where: optional boolean mask broadcastable to ``x`` (True = include).
+      keepdims: keep the reduced axes with size 1.
+
+    Returns:
+      The log-sum-exp, in ``x``'s dtype (16-bit inputs computed in float32).
+
+    >>> import jax.numpy as jnp, jaxce
+    >>> float(jaxce.logsumexp(jnp.array([-jnp.inf, -jnp.inf])))
+    -inf
+    """
+    arr, dtype, axes, mask = _row_inputs(x, axis, where)
+    out = lse_minus(arr, jnp.zeros((), arr.dtype), mask, axes)
+    if not keepdims:
+        out = jnp.squeeze(out, axes)
+    return out.astype(dtype)
+
+
+def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
+    r"""Log-softmax :math:`x_k - \log\sum_j e^{x_j}`, accurate for the dominant class too.
+
+    Computed as ``(x - m) - log1p(S')`` (see :func:`logsumexp`), so the log-probability of a
+    confident class, e.g. ``-1e-30``, is not rounded to 0 as ``x - logsumexp(x)`` rounds it.
+    Masked classes give ``-inf`` with derivative 0; an empty row gives ``-inf`` everywhere;
+    ``+inf`` entries share the probability (``-log(n_inf)`` each, ``-inf`` elsewhere).
+
+    Args:
+      x: logits, any shape.
+      axis: axis or tuple of axes of the classes.
+      where: optional boolean mask broadcastable to ``x`` (True = include).
+
+    Returns:
+      Log-probabilities, same shape and dtype as ``x``.
+    """
+    arr, dtype, axes, mask = _row_inputs(x, axis, where)
+    return _log_softmax(arr, mask, axes).astype(dtype)
+
+
+def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
+    r"""Softmax :math:`e^{x_k} / \sum_j e^{x_j}`, same conventions as :func:`log_softmax`.
+
+    Masked classes and ``-inf`` entries give probability 0; an empty row gives all zeros (not
+    NaN, not a uniform guess); ``+inf`` entries share the mass equally. Derivative
+    ``p * (x_dot - <p, x_dot>)``.
+
+    Args:
+      x: logits, any shape.
+      axis: axis or tuple of axes of the classes.
+      where: optional boolean mask broadcastable to ``x`` (True = include).
+
+    Returns:
+      Probabilities, same shape and dtype as ``x``.
+    """
+    arr, dtype, axes, mask = _row_inputs(x, axis, where)
+    return _softmax(arr, mask, axes).astype(dtype)

@@ -1,0 +1,261 @@
+r"""Softmax cross-entropy losses, optax-compatible (same names, signatures and per-example output).
+
+Both losses are built from :mod:`jaxce._primitives` and inherit its conventions (masks, empty
+rows, ``±inf``). They return float32 for 16-bit logits (float64 under x64 for float64 logits);
+gradients come back in the logits' dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from jax.typing import ArrayLike
+
+from jaxce._checks import (
+    Axis,
+    canonical_axes,
+    float_array,
+    integer_array,
+    mask_array,
+    same_rank_broadcast,
+)
+from jaxce._primitives import lse_minus, row_parts, safe_mul, softplus
+
+__all__ = [
+    "safe_softmax_cross_entropy",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Soft labels
+# --------------------------------------------------------------------------------------------
+
+
+def _soft_ce_pieces(x, t, where, axes):
+    """Value, gradient wrt logits and gradient wrt labels of the soft-label cross-entropy.
+
+    value = sum_k t_k (m - x_k) + T log1p(S'): every term is >= 0, nothing cancels.
+    grad_x = T p - t, except at a unique arg-max, where (T - t_j) - T S'/(1 + S') keeps the
+    small 1 - p_j exact (``shared/NUMERICS.md``, the min(...) term of kappa).
+    grad_t = -log p, 0 for absent classes (zero target and zero probability) and masked ones.
+    All of it is plain jnp code whose own derivatives are right, so JAX can differentiate the
+    rule again for Hessians.
+    """
+    parts = row_parts(x, where, axes)
+    tm = t if where is None else jnp.where(where, t, jnp.zeros((), t.dtype))
+    total = jnp.sum(tm, axis=axes, keepdims=True)
+    log_norm = jnp.log1p(parts.s1)
+    neg_log_p = log_norm - parts.shifted
+    value = jnp.sum(safe_mul(tm, -parts.shifted), axis=axes) + jnp.squeeze(total * log_norm, axes)
+    one_plus = 1.0 + parts.s1
+    p = parts.e / one_plus
+    unique_top = parts.top & (parts.n_top == 1.0)
+    grad_x = jnp.where(unique_top, (total - tm) - total * (parts.s1 / one_plus), total * p - tm)
+    absent = (tm == 0) & (parts.e == 0)
+    if where is not None:
+        absent = absent | ~where
+    grad_t = jnp.where(absent, jnp.zeros((), x.dtype), neg_log_p)
+    return value, grad_x, grad_t
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _soft_ce(x, t, where, axes):
+    return _soft_ce_pieces(x, t, where, axes)[0]
+
+
+@functools.partial(_soft_ce.defjvp, symbolic_zeros=True)
+def _soft_ce_jvp(axes, primals, tangents):
+    x, t, where = primals
+    x_dot, t_dot, _ = tangents
+    value, grad_x, grad_t = _soft_ce_pieces(x, t, where, axes)
+    tangent = jnp.zeros_like(value)
+    # Symbolic zeros let us skip a term entirely: grad_t is +inf where a positive target sits
+    # on a zero-probability class, and 0 * inf would turn a plain d/dlogits into NaN.
+    if not isinstance(x_dot, SymbolicZero):
+        tangent = tangent + jnp.sum(grad_x * x_dot, axis=axes)
+    if not isinstance(t_dot, SymbolicZero):
+        tangent = tangent + jnp.sum(grad_t * t_dot, axis=axes)
+    return value, tangent
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Softmax cross-entropy with probability (soft) labels, per example.
+
+    .. math::
+       \ell = -\sum_k t_k \log \operatorname{softmax}(x)_k
+
+    **Stable form.** With :math:`m = \max_k x_k` and :math:`S'` the sum of :math:`e^{x_k - m}`
+    over all classes but one arg-max,
+    :math:`-\log p_k = (m - x_k) + \operatorname{log1p}(S')`: exact at the arg-max (where it is
+    just :math:`\operatorname{log1p}(S')`, e.g. ``1e-30``) and free of cancellation elsewhere.
+    The gradient :math:`T p_j - t_j` (:math:`T = \sum_k t_k`) is computed by a custom rule that
+    writes the arg-max component as :math:`(T - t_j) - T\,S'/(1+S')`, so a confident correct
+    prediction gets its tiny gradient to full relative precision (optax returns 0).
+
+    =====================================================  =================  =================
+    case                                                   value              gradient
+    =====================================================  =================  =================
+    zero target on a ``-inf`` logit                        term is 0          0 (optax: NaN)
+    positive target on a ``-inf`` logit                    ``+inf``           finite
+    ``+inf`` logit(s)                                      they share p       finite
+    all classes masked (``where``)                         0                  0
+    masked class                                           excluded           0
+    NaN logit                                              NaN (that row)     NaN (that row)
+    =====================================================  =================  =================
+
+    Args:
+      logits: unnormalized log-probabilities, ``[..., num_classes]``.
+      labels: target probabilities, same rank as ``logits`` and broadcastable to it
+        (e.g. one-hot or smoothed labels).
+      axis: class axis or tuple of axes (``None``: all axes).
+      where: optional boolean mask, ``logits``' shape or its batch shape (per-example).
+
+    Returns:
+      Per-example loss with the class axes removed, float32 for 16-bit logits.
+
+    >>> import jax.numpy as jnp, jaxce
+    >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+    >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> jaxce.softmax_cross_entropy(logits, labels).round(4).tolist()
+    [0.2761, 2.9518]
+
+    References:
+      optax #896 (NaN for ``-inf`` logits with zero labels); ``shared/NUMERICS.md``.
+    """
+    x = float_array("logits", logits)
+    axes = canonical_axes(axis, x.ndim)
+    t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
+    mask = mask_array(where, tuple(x.shape), axes)
+    return _soft_ce(x, t, mask, axes)
+
+
+def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
+    r"""optax's NaN-free variant; in jaxce every cross-entropy is already safe.
+
+    Identical to :func:`softmax_cross_entropy` over the last axis (``0 · log 0 = 0`` in value
+    and derivative, also with respect to the labels, where optax gives ``+inf``).
+
+    Args:
+      logits: ``[..., num_classes]``.
+      labels: target probabilities broadcastable to ``logits`` with the same rank.
+
+    Returns:
+      Per-example loss ``[...]``.
+    """
+    return softmax_cross_entropy(logits, labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Integer labels
+# --------------------------------------------------------------------------------------------
+
+
+def _classes_last(
+    x: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array | None]:
+    """Move the class axes to the end and flatten them (a tuple axis indexes the flat slice)."""
+    batch = tuple(a for a in range(x.ndim) if a not in axes)
+    perm = batch + axes
+    n_batch = len(batch)
+
+    def move(a: jax.Array) -> jax.Array:
+        if perm != tuple(range(a.ndim)):
+            a = a.transpose(perm)
+        return a.reshape((*a.shape[:n_batch], -1))
+
+    return move(x), None if mask is None else move(mask)
+
+
+def softmax_cross_entropy_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Softmax cross-entropy with integer class labels, per example.
+
+    .. math::
+       \ell = -\log \operatorname{softmax}(x)_y
+            = \operatorname{softplus}\big(\operatorname{lse}_{k \ne y}(x) - x_y\big)
+
+    **Stable form.** The log-sum-exp of the *other* classes is compared with the target
+    logit, computed as :math:`(m' - x_y) + \operatorname{log1p}(S'')` without forming
+    :math:`\operatorname{lse}(x)`. When the prediction is confident and right the softplus
+    argument is very negative and the loss comes back to full relative precision (``1e-30``
+    stays ``1e-30``; the usual ``lse(x) - x_y`` rounds it to 0). The derivatives follow from
+    the primitives' rules: :math:`p_k` for :math:`k \ne y` and
+    :math:`-\sigma(\operatorname{lse}_{k\ne y} - x_y) = -(1 - p_y)`, accurate even when
+    :math:`1 - p_y` is ``1e-30``.
+
+    ==============================================  ============  ==========================
+    case                                            value         gradient
+    ==============================================  ============  ==========================
+    target logit ``-inf``                           ``+inf``      -1 at y, p elsewhere
+    target logit the only ``+inf``                  0             0
+    ``+inf`` on another class                       ``+inf``      finite
+    target class masked, or every class masked      0             0 (as with a one-hot label)
+    label outside ``[0, num_classes)``              NaN           NaN
+    single class                                    0             0
+    ==============================================  ============  ==========================
+
+    Unlike optax, a label outside the valid range never wraps around (``-1`` is not the last
+    class) and never silently picks a logit: that example's loss is NaN.
+
+    Args:
+      logits: ``[..., num_classes]``; with a tuple ``axis`` the classes span those axes.
+      labels: integer class indices, ``logits``' shape without the class axes. With a tuple
+        ``axis`` a label is a flat index into the ``logits[axis]`` slice (row-major).
+      axis: class axis, or tuple of axes.
+      where: optional boolean mask, ``logits``' shape or the labels' shape (per-example).
+
+    Returns:
+      Per-example loss, ``labels``' shape, float32 for 16-bit logits.
+
+    >>> import jax.numpy as jnp, jaxce
+    >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+    >>> jaxce.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1])).round(4).tolist()
+    [0.2761, 2.9518]
+    >>> float(jaxce.softmax_cross_entropy_with_integer_labels(jnp.array([80.0, 0.0]), 0))
+    1.8048513878454153e-35
+    """
+    x = float_array("logits", logits)
+    y = integer_array("labels", labels)
+    if isinstance(axis, list):
+        axis = tuple(axis)
+    axes = canonical_axes(axis, x.ndim)
+    batch_shape = tuple(d for a, d in enumerate(x.shape) if a not in axes)
+    if tuple(y.shape) != batch_shape:
+        raise ValueError(
+            f"`labels` has shape {tuple(y.shape)}, but `logits` of shape {tuple(x.shape)} with "
+            f"class axes {axes} expects labels of shape {batch_shape} (one class index per "
+            f"example)."
+        )
+    mask = mask_array(where, tuple(x.shape), axes)
+    x, mask = _classes_last(x, mask, axes)
+    num_classes = x.shape[-1]
+
+    y = y[..., None]
+    is_y = lax.broadcasted_iota(y.dtype, x.shape, x.ndim - 1) == y
+    valid = (y >= 0) & (y < num_classes)
+    # The target logit without a gather (a masked sum fuses with the row reduction); an
+    # out-of-range label gets NaN, so that example is NaN in value and gradient.
+    x_y = jnp.sum(jnp.where(is_y, x, jnp.zeros((), x.dtype)), axis=-1, keepdims=True)
+    x_y = jnp.where(valid, x_y, jnp.array(jnp.nan, x.dtype))
+    others = ~is_y if mask is None else mask & ~is_y
+    z = lse_minus(x, x_y, others, (x.ndim - 1,))
+    if mask is not None:
+        # Target class masked (or the whole row): the example has no target mass left.
+        kept = jnp.any(mask & is_y, axis=-1, keepdims=True) | ~valid
+        z = jnp.where(kept, z, jnp.array(-jnp.inf, x.dtype))
+    return softplus(z)[..., 0]

@@ -1,0 +1,39 @@
+"""Test-wide strictness and shared helpers."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import pytest
+
+# A silent broadcast between labels and logits is the bug class we most want to catch.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="run long tests (V up to 10^4 on the whole accuracy grid, big hypothesis profiles)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long run: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def x64():
+    """Enable float64 for the duration of a block (jax.enable_x64 on new jax)."""
+    ctx = getattr(jax, "enable_x64", None)
+    if ctx is None:  # jax < 0.7
+        from jax.experimental import enable_x64 as ctx  # type: ignore[no-redef]
+    with ctx(True):
+        yield
