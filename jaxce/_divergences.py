@@ -2,6 +2,8 @@ r"""Kullback-Leibler divergences, optax-compatible."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -105,4 +107,11 @@ def kl_divergence_with_log_targets(
     lp, lt, axes, mask = _prepare(
         "log_predictions", log_predictions, "log_targets", log_targets, axis, where
     )
+    return _kl_log_targets_core(lp, lt, mask, axes)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _kl_log_targets_core(
+    lp: jax.Array, lt: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
+) -> jax.Array:
     return _masked_sum(safe_mul(jnp.exp(lt), lt - lp), axes, mask)

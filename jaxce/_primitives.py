@@ -84,9 +84,19 @@ def _softplus_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]):
     return _softplus(x), _sigmoid(x) * x_dot
 
 
-def _elementwise(fn, x: ArrayLike) -> jax.Array:
-    arr = _float_in(x)
+def _neg_softplus_neg(x: jax.Array) -> jax.Array:
+    return -_softplus(-x)
+
+
+# The public functions validate in Python, then call one jitted core: eager calls compile once
+# per shape instead of once per operation, and inside a user's jit the inner jit is inlined.
+@functools.partial(jax.jit, static_argnums=(0,))
+def _elementwise_core(fn, arr: jax.Array) -> jax.Array:
     return fn(arr.astype(compute_dtype(arr.dtype))).astype(arr.dtype)
+
+
+def _elementwise(fn, x: ArrayLike) -> jax.Array:
+    return _elementwise_core(fn, _float_in(x))
 
 
 def sigmoid(x: ArrayLike) -> jax.Array:
@@ -150,7 +160,7 @@ def log_sigmoid(x: ArrayLike) -> jax.Array:
     Returns:
       :math:`\log\sigma(x)`, same shape and dtype as ``x``.
     """
-    return _elementwise(lambda v: -_softplus(-v), x)
+    return _elementwise(_neg_softplus_neg, x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,9 +243,14 @@ def row_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> R
     m = jnp.max(xm, axis=axes, keepdims=True, initial=-jnp.inf)
     nonempty = m > -jnp.inf  # False for empty rows and for NaN rows
     top = (xm == m) & nonempty
-    m_shift = jnp.where(m == -jnp.inf, jnp.zeros((), x.dtype), m)
-    # Only +inf entries of a +inf row need the where; elsewhere x - m is exact at the arg-max.
-    shifted = jnp.where(top & (m == jnp.inf), jnp.zeros((), x.dtype), xm - m_shift)
+    zero = jnp.zeros((), x.dtype)
+    # No inf - inf anywhere (so jax.debug_nans stays quiet): an empty row shifts by 0, and a
+    # +inf row is set directly (its +inf entries to 0, the rest to -inf). Elsewhere the shift
+    # is x - m, exact at the arg-max.
+    m_shift = jnp.where(jnp.isinf(m), zero, m)
+    shifted = jnp.where(
+        m == jnp.inf, jnp.where(top, zero, jnp.array(-jnp.inf, x.dtype)), xm - m_shift
+    )
     e = jnp.exp(shifted)
     n_top = jnp.sum(top, axis=axes, keepdims=True, dtype=x.dtype)
     s1 = jnp.sum(jnp.where(top, jnp.zeros((), x.dtype), e), axis=axes, keepdims=True)
@@ -245,14 +260,13 @@ def row_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> R
 
 def _lse_minus_value(parts: RowParts, ref: jax.Array) -> jax.Array:
     m = parts.m
+    zero = jnp.zeros((), m.dtype)
     # m - ref without inf - inf: (+inf, +inf) -> 0 (tied +inf entries), and an empty row
     # against a -inf reference -> +inf (the reference class has probability 0). Finite ties
     # keep m - ref, whose derivative the Hessian needs.
-    d = jnp.where(
-        (m == ref) & jnp.isinf(m),
-        jnp.where(m < 0, jnp.array(jnp.inf, m.dtype), jnp.zeros((), m.dtype)),
-        m - ref,
-    )
+    both_inf = (m == ref) & jnp.isinf(m)
+    d = jnp.where(both_inf, zero, m) - jnp.where(both_inf, zero, ref)
+    d = jnp.where(both_inf & (m < 0), jnp.array(jnp.inf, m.dtype), d)
     return d + jnp.log1p(parts.s1)
 
 
@@ -320,11 +334,26 @@ def _softmax_jvp(axes: tuple[int, ...], primals, tangents):
 
 def _row_inputs(
     x: ArrayLike, axis: Axis, where: ArrayLike | None
-) -> tuple[jax.Array, jnp.dtype, tuple[int, ...], jax.Array | None]:
+) -> tuple[jax.Array, tuple[int, ...], jax.Array | None]:
     arr = _float_in(x)
     axes = canonical_axes(axis, arr.ndim)
-    mask = mask_array(where, tuple(arr.shape), axes)
-    return arr.astype(compute_dtype(arr.dtype)), arr.dtype, axes, mask
+    return arr, axes, mask_array(where, tuple(arr.shape), axes)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _logsumexp_core(
+    x: jax.Array, mask: jax.Array | None, axes: tuple[int, ...], keepdims: bool
+) -> jax.Array:
+    arr = x.astype(compute_dtype(x.dtype))
+    out = lse_minus(arr, jnp.zeros((), arr.dtype), mask, axes)
+    if not keepdims:
+        out = jnp.squeeze(out, axes)
+    return out.astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _normalize_core(fn, x: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]):
+    return fn(x.astype(compute_dtype(x.dtype)), mask, axes).astype(x.dtype)
 
 
 def logsumexp(
@@ -359,11 +388,8 @@ def logsumexp(
     >>> float(jaxce.logsumexp(jnp.array([-jnp.inf, -jnp.inf])))
     -inf
     """
-    arr, dtype, axes, mask = _row_inputs(x, axis, where)
-    out = lse_minus(arr, jnp.zeros((), arr.dtype), mask, axes)
-    if not keepdims:
-        out = jnp.squeeze(out, axes)
-    return out.astype(dtype)
+    arr, axes, mask = _row_inputs(x, axis, where)
+    return _logsumexp_core(arr, mask, axes, keepdims)
 
 
 def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
@@ -382,8 +408,8 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -
     Returns:
       Log-probabilities, same shape and dtype as ``x``.
     """
-    arr, dtype, axes, mask = _row_inputs(x, axis, where)
-    return _log_softmax(arr, mask, axes).astype(dtype)
+    arr, axes, mask = _row_inputs(x, axis, where)
+    return _normalize_core(_log_softmax, arr, mask, axes)
 
 
 def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
@@ -401,5 +427,5 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> ja
     Returns:
       Probabilities, same shape and dtype as ``x``.
     """
-    arr, dtype, axes, mask = _row_inputs(x, axis, where)
-    return _softmax(arr, mask, axes).astype(dtype)
+    arr, axes, mask = _row_inputs(x, axis, where)
+    return _normalize_core(_softmax, arr, mask, axes)

@@ -50,4 +50,9 @@ def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Ar
     """
     x = float_array("logits", logits)
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
+    return _bce_core(x, t)
+
+
+@jax.jit
+def _bce_core(x: jax.Array, t: jax.Array) -> jax.Array:
     return safe_mul(1.0 - t, softplus(x)) + safe_mul(t, softplus(-x))

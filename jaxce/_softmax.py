@@ -64,6 +64,11 @@ def _soft_ce_pieces(x, t, where, axes):
     return value, grad_x, grad_t
 
 
+@functools.partial(jax.jit, static_argnums=(3,))
+def _soft_ce_core(x, t, where, axes):
+    return _soft_ce(x, t, where, axes)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _soft_ce(x, t, where, axes):
     return _soft_ce_pieces(x, t, where, axes)[0]
@@ -137,7 +142,7 @@ def softmax_cross_entropy(
     axes = canonical_axes(axis, x.ndim)
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
     mask = mask_array(where, tuple(x.shape), axes)
-    return _soft_ce(x, t, mask, axes)
+    return _soft_ce_core(x, t, mask, axes)
 
 
 def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -242,6 +247,13 @@ def softmax_cross_entropy_with_integer_labels(
             f"example)."
         )
     mask = mask_array(where, tuple(x.shape), axes)
+    return _integer_ce_core(x, y, mask, axes)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _integer_ce_core(
+    x: jax.Array, y: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
+) -> jax.Array:
     x, mask = _classes_last(x, mask, axes)
     num_classes = x.shape[-1]
 

@@ -30,10 +30,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @contextlib.contextmanager
-def x64():
-    """Enable float64 for the duration of a block (jax.enable_x64 on new jax)."""
+def _x64_context():
     ctx = getattr(jax, "enable_x64", None)
-    if ctx is None:  # jax < 0.7
-        from jax.experimental import enable_x64 as ctx  # type: ignore[no-redef]
+    if ctx is None:  # older jax
+        from jax.experimental import enable_x64 as ctx
     with ctx(True):
+        yield
+
+
+@pytest.fixture
+def x64():
+    """Run the test with float64 enabled (jax.enable_x64)."""
+    with _x64_context():
         yield
