@@ -180,7 +180,9 @@ def test_row_transforms_finite(name, row):
         g = jax.jit(jax.grad(fn))(x)
         h = jax.jit(jax.hessian(fn))(x)
         _, t = jax.jit(lambda v: jax.jvp(fn, (v,), (jnp.ones_like(v),)))(x)
-    assert np.all(np.isfinite(g)) and np.all(np.isfinite(h)) and np.isfinite(t)
+    assert np.all(np.isfinite(g))
+    assert np.all(np.isfinite(h))
+    assert np.isfinite(t)
     # jvp and grad agree: <grad, v> == jvp(v)
     np.testing.assert_allclose(t, jnp.sum(g), rtol=1e-5, atol=1e-6)
     # jit == eager, vmap == loop
@@ -217,7 +219,8 @@ def test_row_check_grads(fn):
 def test_xlogy_conventions():
     assert float(jaxce.xlogy(0.0, 0.0)) == 0.0
     gx, gy = jax.grad(jaxce.xlogy, argnums=(0, 1))(0.0, 0.0)
-    assert float(gx) == 0.0 and float(gy) == 0.0  # scipy's xlogy: -inf and NaN
+    assert float(gx) == 0.0
+    assert float(gy) == 0.0
     assert float(jaxce.xlogy(1.0, 0.0)) == -INF
     gx, gy = jax.grad(jaxce.xlogy, argnums=(0, 1))(2.0, 3.0)
     np.testing.assert_allclose([gx, gy], [math.log(3.0), 2.0 / 3.0], rtol=1e-6)
@@ -229,7 +232,8 @@ def test_safe_mul_conventions():
     for y in (INF, -INF, NAN):
         assert float(jaxce.safe_mul(0.0, y)) == 0.0
         gx, gy = jax.grad(jaxce.safe_mul, argnums=(0, 1))(0.0, y)
-        assert float(gx) == 0.0 and float(gy) == 0.0
+        assert float(gx) == 0.0
+        assert float(gy) == 0.0
         _, t = jax.jvp(jaxce.safe_mul, (0.0, y), (1.0, 1.0))
         assert float(t) == 0.0
     assert float(jaxce.safe_mul(2.0, INF)) == INF

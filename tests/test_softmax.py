@@ -266,9 +266,11 @@ def test_out_of_range_label_is_nan(label):
     x = jnp.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
     y = jnp.array([label, 1])
     out = jaxce.softmax_cross_entropy_with_integer_labels(x, y)
-    assert np.isnan(out[0]) and np.isfinite(out[1])
+    assert np.isnan(out[0])
+    assert np.isfinite(out[1])
     g = jax.grad(lambda v: jnp.sum(jaxce.softmax_cross_entropy_with_integer_labels(v, y)))(x)
-    assert np.all(np.isnan(g[0])) and np.all(np.isfinite(g[1]))
+    assert np.all(np.isnan(g[0]))
+    assert np.all(np.isfinite(g[1]))
 
 
 # --------------------------------------------------------------------------------------------
