@@ -72,6 +72,13 @@ def kl_divergence(
     lp, t, axes, mask = _prepare(
         "log_predictions", log_predictions, "targets", targets, axis, where
     )
+    return _kl_core(lp, t, mask, axes)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _kl_core(
+    lp: jax.Array, t: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
+) -> jax.Array:
     return _masked_sum(xlogy(t, t) - safe_mul(t, lp), axes, mask)
 
 

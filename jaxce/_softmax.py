@@ -8,6 +8,7 @@ gradients come back in the logits' dtype.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -177,7 +178,7 @@ def _classes_last(
     def move(a: jax.Array) -> jax.Array:
         if perm != tuple(range(a.ndim)):
             a = a.transpose(perm)
-        return a.reshape((*a.shape[:n_batch], -1))
+        return a.reshape((*a.shape[:n_batch], math.prod(a.shape[n_batch:])))
 
     return move(x), None if mask is None else move(mask)
 

@@ -1,0 +1,218 @@
+"""One suite over every public loss: transforms, dtype policy, no retracing, finite derivatives.
+
+Each case builds (logits, labels) for a batch shape; the loss is differentiated with respect to
+its first argument (the logits or log-predictions). Adding a loss to jaxce means adding it here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxce
+
+
+@dataclass(frozen=True)
+class Case:
+    fn: Callable[..., jax.Array]
+    make: Callable[[np.random.Generator, tuple[int, ...], int], tuple[np.ndarray, np.ndarray]]
+    elementwise: bool = False
+
+
+def _soft(rng, batch, c):
+    return rng.normal(size=(*batch, c)) * 3, rng.dirichlet(np.ones(c), size=batch)
+
+
+def _int(rng, batch, c):
+    return rng.normal(size=(*batch, c)) * 3, rng.integers(0, c, size=batch)
+
+
+def _binary(rng, batch, c):
+    return rng.normal(size=(*batch, c)) * 3, rng.uniform(size=(*batch, c))
+
+
+def _kl(rng, batch, c):
+    lp = np.log(rng.dirichlet(np.ones(c), size=batch))
+    return lp, rng.dirichlet(np.ones(c), size=batch)
+
+
+def _kl_log(rng, batch, c):
+    lp, t = _kl(rng, batch, c)
+    return lp, np.log(t)
+
+
+CASES = {
+    "softmax_cross_entropy": Case(jaxce.softmax_cross_entropy, _soft),
+    "safe_softmax_cross_entropy": Case(jaxce.safe_softmax_cross_entropy, _soft),
+    "softmax_cross_entropy_with_integer_labels": Case(
+        jaxce.softmax_cross_entropy_with_integer_labels, _int
+    ),
+    "sigmoid_binary_cross_entropy": Case(jaxce.sigmoid_binary_cross_entropy, _binary, True),
+    "kl_divergence": Case(jaxce.kl_divergence, _kl),
+    "kl_divergence_with_log_targets": Case(jaxce.kl_divergence_with_log_targets, _kl_log),
+}
+
+
+def test_every_public_loss_is_in_the_suite():
+    assert set(CASES) == set(jaxce.LOSSES)
+
+
+def _args(name, batch=(4,), c=5, dtype=jnp.float32, seed=0):
+    x, t = CASES[name].make(np.random.default_rng(seed), batch, c)
+    t = jnp.asarray(t) if np.issubdtype(t.dtype, np.integer) else jnp.asarray(t, dtype)
+    return jnp.asarray(x, dtype), t
+
+
+def _total(fn):
+    return lambda x, t: jnp.sum(fn(x, t))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_jit_equals_eager(name):
+    fn = CASES[name].fn
+    x, t = _args(name)
+    np.testing.assert_allclose(jax.jit(fn)(x, t), fn(x, t), rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(_total(fn)))(x, t), jax.grad(_total(fn))(x, t), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_vmap_equals_loop(name):
+    fn = CASES[name].fn
+    x, t = _args(name, batch=(3, 4))
+    looped = jnp.stack([fn(x[i], t[i]) for i in range(3)])
+    np.testing.assert_allclose(jax.vmap(fn)(x, t), looped, rtol=1e-6)
+    g_loop = jnp.stack([jax.grad(_total(fn))(x[i], t[i]) for i in range(3)])
+    np.testing.assert_allclose(jax.vmap(jax.grad(_total(fn)))(x, t), g_loop, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_output_shape_is_per_example(name):
+    case = CASES[name]
+    x, t = _args(name, batch=(2, 3))
+    expect = (2, 3, 5) if case.elementwise else (2, 3)
+    assert case.fn(x, t).shape == expect
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_jvp_matches_grad(name):
+    fn = _total(CASES[name].fn)
+    x, t = _args(name)
+    v = jnp.asarray(np.random.default_rng(9).normal(size=x.shape), x.dtype)
+    _, tangent = jax.jvp(lambda a: fn(a, t), (x,), (v,))
+    np.testing.assert_allclose(tangent, jnp.vdot(jax.grad(fn)(x, t), v), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_grads_and_hessians_finite(name, scale):
+    """Finite derivatives at ordinary and |x| = 1e4 logits (log-predictions stay <= 0)."""
+    fn = _total(CASES[name].fn)
+    x, t = _args(name, batch=(2,), c=4)
+    x = x * scale if not name.startswith("kl") else x - scale
+    with jax.debug_nans(True):
+        g = jax.jit(jax.grad(fn))(x, t)
+        h = jax.jit(jax.hessian(fn))(x, t)
+    assert np.all(np.isfinite(g))
+    assert np.all(np.isfinite(h))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_16_bit_policy(name, dtype):
+    """16-bit inputs: float32 loss (computed from the upcast input), gradient in input dtype."""
+    fn = CASES[name].fn
+    x, t = _args(name, dtype=dtype)
+    out = fn(x, t)
+    assert out.dtype == jnp.float32
+    t32 = t if jnp.issubdtype(t.dtype, jnp.integer) else t.astype(jnp.float32)
+    np.testing.assert_array_equal(out, fn(x.astype(jnp.float32), t32))
+    g = jax.grad(_total(fn))(x, t)
+    assert g.dtype == dtype
+    assert np.all(np.isfinite(np.asarray(g, np.float32)))
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("name", list(CASES))
+def test_float64_policy(name):
+    fn = CASES[name].fn
+    x, t = _args(name, dtype=jnp.float64)
+    assert fn(x, t).dtype == jnp.float64
+    assert jax.grad(_total(fn))(x, t).dtype == jnp.float64
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_no_retracing(name):
+    fn = CASES[name].fn
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(x, t):
+        return jax.value_and_grad(_total(fn))(x, t)
+
+    for seed in range(3):
+        step(*_args(name, seed=seed))
+    # Eager calls with new values reuse the compiled core as well.
+    fn(*_args(name, seed=7))
+    sizes = [_core_cache_size()]
+    for seed in range(3):
+        fn(*_args(name, seed=seed + 10))
+        sizes.append(_core_cache_size())
+    assert len(set(sizes)) == 1, sizes
+
+
+def _core_cache_size() -> int:
+    from jaxce import _divergences, _primitives, _sigmoid, _softmax
+
+    cores = [
+        _softmax._soft_ce_core,
+        _softmax._integer_ce_core,
+        _sigmoid._bce_core,
+        _divergences._kl_core,
+        _divergences._kl_log_targets_core,
+        _primitives._elementwise_core,
+        _primitives._logsumexp_core,
+        _primitives._normalize_core,
+    ]
+    return sum(c._cache_size() for c in cores)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_batch_edge_shapes(name):
+    """Size-1 and empty batches work."""
+    fn = CASES[name].fn
+    for batch in [(1,), (0,)]:
+        x, t = _args(name, batch=batch)
+        out = fn(x, t)
+        assert out.shape[0] == batch[0]
+        g = jax.grad(_total(fn))(x, t)
+        assert g.shape == x.shape
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_nan_stays_in_its_example(name):
+    """A NaN input makes that example NaN and leaves the others untouched."""
+    fn = CASES[name].fn
+    x, t = _args(name, batch=(3,))
+    clean = fn(x, t)
+    x = x.at[1, 2].set(math.nan)
+    out = fn(x, t)
+    g = jax.grad(_total(fn))(x, t)
+    if CASES[name].elementwise:
+        assert np.isnan(out[1, 2])
+        assert np.sum(np.isnan(out)) == 1
+    else:
+        assert np.isnan(out[1])
+    np.testing.assert_array_equal(out[0], clean[0])
+    np.testing.assert_array_equal(out[2], clean[2])
+    assert np.all(np.isfinite(g[0]))
+    assert np.all(np.isfinite(g[2]))
