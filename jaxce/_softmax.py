@@ -49,15 +49,19 @@ def _soft_ce_pieces(x, t, where, axes):
     rule again for Hessians.
     """
     parts = row_parts(x, where, axes)
-    tm = t if where is None else jnp.where(where, t, jnp.zeros((), t.dtype))
-    total = jnp.sum(tm, axis=axes, keepdims=True)
+    zero = jnp.zeros((), x.dtype)
+    tm = t if where is None else jnp.where(where, t, zero)
+    # The dominant class (unique arg-max with p > 1/2, i.e. S' < 1) gets its own form below;
+    # its complement mass T - t_j is summed directly, never formed as the difference T - t_j.
+    dominant = parts.top & (parts.n_top == 1.0) & (parts.s1 < 1.0)
+    t_rest = jnp.sum(jnp.where(dominant, zero, tm), axis=axes, keepdims=True)
+    total = t_rest + jnp.sum(jnp.where(dominant, tm, zero), axis=axes, keepdims=True)
     log_norm = jnp.log1p(parts.s1)
     neg_log_p = log_norm - parts.shifted
     value = jnp.sum(safe_mul(tm, -parts.shifted), axis=axes) + jnp.squeeze(total * log_norm, axes)
     one_plus = 1.0 + parts.s1
     p = parts.e / one_plus
-    unique_top = parts.top & (parts.n_top == 1.0)
-    grad_x = jnp.where(unique_top, (total - tm) - total * (parts.s1 / one_plus), total * p - tm)
+    grad_x = jnp.where(dominant, t_rest - total * (parts.s1 / one_plus), total * p - tm)
     absent = (tm == 0) & (parts.e == 0)
     if where is not None:
         absent = absent | ~where
