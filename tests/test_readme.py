@@ -1,0 +1,37 @@
+"""The README's Quickstart block has exactly two lines, and its usage example runs as written."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_quickstart_is_two_lines_and_ci_runs_them():
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / ".ci" / "quickstart.py")
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lines = mod.quickstart_lines(README)
+    assert lines[0].endswith("python -m jaxce")
+    assert "[test]" in lines[1]
+    assert "pytest" in lines[1]
+    assert "quickstart.py README.md" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_usage_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    assert blocks, "README has no python block"
+    namespace: dict = {}
+    # user code, written with ordinary numpy broadcasting (x @ w + b)
+    with jax.numpy_rank_promotion("allow"):
+        exec(compile(blocks[0], "README.md", "exec"), namespace)
+    np.testing.assert_allclose(namespace["loss"], [9.420674e-14, 0.31326166], rtol=1e-6)
+    assert np.isfinite(float(namespace["value"]))
