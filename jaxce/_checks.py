@@ -101,6 +101,20 @@ def same_rank_broadcast(
     return jnp.broadcast_to(x, shape)
 
 
+def broadcast_pair(
+    name_a: str, a: jax.Array, name_b: str, b: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Broadcast two same-rank arrays against each other (each dim equal or 1), else raise."""
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    if len(sa) != len(sb) or any(x != y and 1 not in (x, y) for x, y in zip(sa, sb, strict=True)):
+        raise ValueError(
+            f"`{name_a}` of shape {sa} and `{name_b}` of shape {sb} do not match: expected the "
+            f"same number of dimensions with each dimension equal or 1."
+        )
+    shape = tuple(max(x, y) for x, y in zip(sa, sb, strict=True))
+    return jnp.broadcast_to(a, shape), jnp.broadcast_to(b, shape)
+
+
 def mask_array(
     where: ArrayLike | None, shape: tuple[int, ...], axes: tuple[int, ...], name: str = "where"
 ) -> jax.Array | None:

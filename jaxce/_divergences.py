@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxce._checks import Axis, canonical_axes, float_array, mask_array, same_rank_broadcast
+from jaxce._checks import Axis, broadcast_pair, canonical_axes, float_array, mask_array
 from jaxce._primitives import safe_mul, xlogy
 
 __all__ = ["kl_divergence", "kl_divergence_with_log_targets"]
@@ -19,9 +19,8 @@ def _prepare(
 ):
     lp = float_array(name_p, log_predictions)
     t = float_array(name_t, targets)
-    shape = jnp.broadcast_shapes(lp.shape, t.shape) if lp.ndim == t.ndim else tuple(lp.shape)
-    lp = same_rank_broadcast(name_p, lp, tuple(shape), ref_name=name_t)
-    t = same_rank_broadcast(name_t, t, tuple(shape), ref_name=name_p)
+    lp, t = broadcast_pair(name_p, lp, name_t, t)
+    shape = tuple(lp.shape)
     dtype = jnp.promote_types(lp.dtype, t.dtype)
     axes = canonical_axes(axis, len(shape))
     mask = mask_array(where, tuple(shape), axes)
