@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxce._checks import Axis, broadcast_pair, canonical_axes, float_array, mask_array
-from jaxce._primitives import safe_mul, xlogy
+from jaxce._primitives import row_sum, safe_mul, xlogy
 
 __all__ = ["kl_divergence", "kl_divergence_with_log_targets"]
 
@@ -31,7 +31,7 @@ def _masked_sum(terms: jax.Array, axes: tuple[int, ...], mask: jax.Array | None)
     if mask is not None:
         # where, not multiply: a masked term may be inf or NaN.
         terms = jnp.where(mask, terms, jnp.zeros((), terms.dtype))
-    return jnp.sum(terms, axis=axes)
+    return row_sum(terms, axes)
 
 
 def kl_divergence(

@@ -24,7 +24,7 @@ from jaxce._checks import (
     mask_array,
     same_rank_broadcast,
 )
-from jaxce._primitives import lse_minus, row_parts, safe_mul, softplus
+from jaxce._primitives import lse_minus, row_parts, row_sum, safe_mul, softplus
 
 __all__ = [
     "safe_softmax_cross_entropy",
@@ -54,11 +54,11 @@ def _soft_ce_pieces(x, t, where, axes):
     # The dominant class (unique arg-max with p > 1/2, i.e. S' < 1) gets its own form below;
     # its complement mass T - t_j is summed directly, never formed as the difference T - t_j.
     dominant = parts.top & (parts.n_top == 1.0) & (parts.s1 < 1.0)
-    t_rest = jnp.sum(jnp.where(dominant, zero, tm), axis=axes, keepdims=True)
+    t_rest = row_sum(jnp.where(dominant, zero, tm), axes, keepdims=True)
     total = t_rest + jnp.sum(jnp.where(dominant, tm, zero), axis=axes, keepdims=True)
     log_norm = jnp.log1p(parts.s1)
     neg_log_p = log_norm - parts.shifted
-    value = jnp.sum(safe_mul(tm, -parts.shifted), axis=axes) + jnp.squeeze(total * log_norm, axes)
+    value = row_sum(safe_mul(tm, -parts.shifted), axes) + jnp.squeeze(total * log_norm, axes)
     one_plus = 1.0 + parts.s1
     p = parts.e / one_plus
     grad_x = jnp.where(dominant, t_rest - total * (parts.s1 / one_plus), total * p - tm)
