@@ -171,11 +171,12 @@ def log_sigmoid(x: ArrayLike) -> jax.Array:
 def safe_mul(x: ArrayLike, y: ArrayLike) -> jax.Array:
     r"""The product ``x * y``, with ``0 * y = 0`` even where ``y`` is ``±inf`` or NaN.
 
-    Where ``x == 0`` the value is 0 and the derivatives with respect to ``x`` and ``y`` are both
-    0: the term is absent. This is the ``0 · (−inf) = 0`` convention of cross-entropy with a
-    zero target on a class of zero probability (optax #896). It is written with the double
-    ``where`` (replace the unsafe operand first, then multiply), which JAX's own derivative
-    rules carry exactly to every order, so no custom rule is needed.
+    Where ``x == 0`` (or ``x`` is subnormal and ``y`` is infinite) the value is 0 and the
+    derivatives with respect to ``x`` and ``y`` are both 0: the term is absent. This is the
+    ``0 · (−inf) = 0`` convention of cross-entropy with a zero target on a class of zero
+    probability (optax #896). It is written with the double ``where`` (replace the unsafe
+    operand first, then multiply), which JAX's own derivative rules carry exactly to every
+    order, so no custom rule is needed.
 
     Args:
       x: the coefficient (a target, a weight).
@@ -186,7 +187,12 @@ def safe_mul(x: ArrayLike, y: ArrayLike) -> jax.Array:
     """
     x = jnp.asarray(x)
     y = jnp.asarray(y)
-    return x * jnp.where(x == 0, jnp.zeros((), y.dtype), y)
+    # A subnormal coefficient counts as 0 against an infinite factor: XLA:CPU flushes
+    # subnormals in arithmetic but not always in comparisons (seen with a bfloat16 label
+    # of 9e-41 upcast inside jit), and subnormal * inf would come back as 0 * inf = NaN.
+    tiny = jnp.finfo(jnp.result_type(x, y)).tiny if jnp.issubdtype(x.dtype, jnp.inexact) else 1
+    absent = (x == 0) | (jnp.isinf(y) & (jnp.abs(x) < tiny))
+    return x * jnp.where(absent, jnp.zeros((), y.dtype), y)
 
 
 def xlogy(x: ArrayLike, y: ArrayLike) -> jax.Array:

@@ -305,3 +305,19 @@ def test_errors_raise_at_trace_time_under_jit():
     f = jax.jit(jaxce.softmax_cross_entropy_with_integer_labels)
     with pytest.raises(TypeError, match="`labels`"):
         f(jnp.zeros((2, 3)), jnp.zeros(2))
+
+
+def test_subnormal_bfloat16_label_on_zero_probability_class_is_not_nan():
+    """A bfloat16 label of ~9e-41 (subnormal once upcast) on a class of probability 0, under
+    jit: XLA:CPU flushed it in the product but not in the ``== 0`` test, so the term came back
+    as 0 * inf = NaN. Found by ``python -m jaxce --dtype bfloat16`` on the grid row below."""
+    from jaxce._grid import softmax_grid
+
+    (batch,) = [b for b in softmax_grid(rows=1) if b.name == "+inf, label on it V=10000"]
+    x = jnp.asarray(batch.x, jnp.bfloat16)
+    t = jnp.asarray(batch.soft["sparse-dirichlet"], jnp.bfloat16)
+    t_np = np.asarray(t, np.float32)  # numpy: XLA would flush the subnormal in the test too
+    assert t_np[t_np > 0].min() < np.finfo(np.float32).tiny
+    for fn in (jaxce.softmax_cross_entropy, lambda a, b: jaxce.kl_divergence(a, b)):
+        value = jax.jit(fn)(x if fn is jaxce.softmax_cross_entropy else jaxce.log_softmax(x), t)
+        assert value.tolist() == [INF]  # positive targets on classes of probability 0

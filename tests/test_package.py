@@ -1,0 +1,45 @@
+"""Package surface: public names, typing marker, light import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jaxce
+
+
+def test_public_names_resolve_and_are_documented():
+    for name in jaxce.__all__:
+        obj = getattr(jaxce, name)
+        if callable(obj):
+            assert obj.__doc__, f"{name} has no docstring"
+            assert "Args:" in obj.__doc__, f"{name}'s docstring has no Args section"
+
+
+def test_losses_have_optax_signatures():
+    import inspect
+
+    import optax
+
+    for name in jaxce.LOSSES:
+        ours = inspect.signature(getattr(jaxce, name))
+        theirs = inspect.signature(getattr(optax.losses, name))
+        positional = [
+            p for p in theirs.parameters.values() if p.kind is not inspect.Parameter.KEYWORD_ONLY
+        ]
+        for p in positional:
+            q = ours.parameters[p.name]
+            assert q.kind is p.kind, (name, p.name)
+            assert q.default == p.default, (name, p.name, q.default, p.default)
+        assert list(ours.parameters)[: len(positional)] == [p.name for p in positional], name
+
+
+def test_py_typed_shipped():
+    assert (Path(jaxce.__file__).parent / "py.typed").exists()
+
+
+def test_import_does_not_pull_optax_or_mpmath():
+    code = "import sys, jaxce; print('optax' in sys.modules, 'mpmath' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
