@@ -22,6 +22,8 @@ from jaxce._softmax import softmax_cross_entropy as softmax_cross_entropy
 from jaxce._softmax import (
     softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
+from jaxce._validate import checked as checked
+from jaxce._validate import target_checks as target_checks
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,7 @@ LOSSES = (
 
 __all__ = [
     "LOSSES",
+    "checked",
     "kl_divergence",
     "kl_divergence_with_log_targets",
     "log_sigmoid",
@@ -50,5 +53,6 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
     "softplus",
+    "target_checks",
     "xlogy",
 ]

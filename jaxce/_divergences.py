@@ -10,6 +10,13 @@ from jax.typing import ArrayLike
 
 from jaxce._checks import Axis, broadcast_pair, canonical_axes, float_array, mask_array
 from jaxce._primitives import row_sum, safe_mul, xlogy
+from jaxce._validate import (
+    check_log_probabilities,
+    check_probabilities,
+    nan_where,
+    outside_unit_interval,
+    targets_checked,
+)
 
 __all__ = ["kl_divergence", "kl_divergence_with_log_targets"]
 
@@ -71,13 +78,20 @@ def kl_divergence(
     lp, t, axes, mask = _prepare(
         "log_predictions", log_predictions, "targets", targets, axis, where
     )
-    return _kl_core(lp, t, mask, axes)
+    check_probabilities("targets", t if mask is None else jnp.where(mask, t, 0))
+    return _kl_core(lp, t, mask, axes, targets_checked())
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
+@functools.partial(jax.jit, static_argnums=(3, 4))
 def _kl_core(
-    lp: jax.Array, t: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
+    lp: jax.Array,
+    t: jax.Array,
+    mask: jax.Array | None,
+    axes: tuple[int, ...],
+    check_targets: bool = True,
 ) -> jax.Array:
+    if check_targets:
+        t = nan_where(outside_unit_interval(t), t)  # not a probability: NaN for that example
     return _masked_sum(xlogy(t, t) - safe_mul(t, lp), axes, mask)
 
 
@@ -113,11 +127,21 @@ def kl_divergence_with_log_targets(
     lp, lt, axes, mask = _prepare(
         "log_predictions", log_predictions, "log_targets", log_targets, axis, where
     )
-    return _kl_log_targets_core(lp, lt, mask, axes)
+    check_log_probabilities("log_targets", lt if mask is None else jnp.where(mask, lt, 0))
+    return _kl_log_targets_core(lp, lt, mask, axes, targets_checked())
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
+@functools.partial(jax.jit, static_argnums=(3, 4))
 def _kl_log_targets_core(
-    lp: jax.Array, lt: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
+    lp: jax.Array,
+    lt: jax.Array,
+    mask: jax.Array | None,
+    axes: tuple[int, ...],
+    check_targets: bool = True,
 ) -> jax.Array:
-    return _masked_sum(safe_mul(jnp.exp(lt), lt - lp), axes, mask)
+    if check_targets:
+        lt = nan_where(~(lt <= 0), lt)  # not a log-probability: NaN for that example
+    # lt = lp = -inf: an absent class, not inf - inf (NaN stays NaN: safe_mul keeps 0 * NaN).
+    both = jnp.isneginf(lt) & jnp.isneginf(lp)
+    diff = jnp.where(both, jnp.zeros((), lt.dtype), lt - lp)
+    return _masked_sum(safe_mul(jnp.exp(lt), diff), axes, mask)

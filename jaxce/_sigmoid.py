@@ -2,12 +2,20 @@ r"""Sigmoid (binary) cross-entropy, optax-compatible."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxce._checks import float_array, same_rank_broadcast
 from jaxce._primitives import safe_mul, softplus
+from jaxce._validate import (
+    check_probabilities,
+    nan_where,
+    outside_unit_interval,
+    targets_checked,
+)
 
 __all__ = ["sigmoid_binary_cross_entropy"]
 
@@ -50,9 +58,12 @@ def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Ar
     """
     x = float_array("logits", logits)
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
-    return _bce_core(x, t)
+    check_probabilities("labels", t)
+    return _bce_core(x, t, targets_checked())
 
 
-@jax.jit
-def _bce_core(x: jax.Array, t: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(2,))
+def _bce_core(x: jax.Array, t: jax.Array, check_targets: bool = True) -> jax.Array:
+    if check_targets:
+        t = nan_where(outside_unit_interval(t), t)  # a label outside [0, 1]: NaN, not a number
     return safe_mul(1.0 - t, softplus(x)) + safe_mul(t, softplus(-x))

@@ -25,6 +25,13 @@ from jaxce._checks import (
     same_rank_broadcast,
 )
 from jaxce._primitives import lse_minus, row_parts, row_sum, safe_mul, softplus
+from jaxce._validate import (
+    check_class_indices,
+    check_probabilities,
+    nan_where,
+    outside_unit_interval,
+    targets_checked,
+)
 
 __all__ = [
     "safe_softmax_cross_entropy",
@@ -69,8 +76,11 @@ def _soft_ce_pieces(x, t, where, axes):
     return value, grad_x, grad_t
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
-def _soft_ce_core(x, t, where, axes):
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _soft_ce_core(x, t, where, axes, check_targets=True):
+    if check_targets:
+        # A label outside [0, 1] makes its example NaN (masked classes are dropped anyway).
+        t = nan_where(outside_unit_interval(t), t)
     return _soft_ce(x, t, where, axes)
 
 
@@ -147,7 +157,8 @@ def softmax_cross_entropy(
     axes = canonical_axes(axis, x.ndim)
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
     mask = mask_array(where, tuple(x.shape), axes)
-    return _soft_ce_core(x, t, mask, axes)
+    check_probabilities("labels", t if mask is None else jnp.where(mask, t, 0))
+    return _soft_ce_core(x, t, mask, axes, targets_checked())
 
 
 def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -252,6 +263,7 @@ def softmax_cross_entropy_with_integer_labels(
             f"example)."
         )
     mask = mask_array(where, tuple(x.shape), axes)
+    check_class_indices("labels", y, math.prod(x.shape[a] for a in axes))
     return _integer_ce_core(x, y, mask, axes)
 
 

@@ -15,6 +15,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -257,6 +258,54 @@ def test_sigmoid_binary_cross_entropy_accuracy(dtype, x64):
     eg = _errors(grad, r.grad, r.kappa_grad, dtype)
     assert ev.max() <= 4.0, (xs[ev.argmax()], ts[ev.argmax()], ev.max())
     assert eg.max() <= 8.0, (xs[eg.argmax()], ts[eg.argmax()], eg.max())
+
+
+# --------------------------------------------------------------------------------------------
+# Regressions: class-axis sums whose rounding reached the loss unscaled
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1000), (3, 1000), (64, 1000), (1, 10_000), (3, 300)])
+def test_row_sum_is_correctly_rounded_on_many_equal_terms(shape, dtype, x64):
+    """The label total of a smoothed label: 0.9 + many copies of 0.1/V.
+
+    A plain reduction returned it up to 7 ulps off (the error of each addition is the same for
+    equal terms, so they do not cancel); the compensated sum is within one rounding.
+    """
+    from jaxce._primitives import row_sum
+
+    b, v = shape
+    t = np.full(shape, 0.1 / v, np.dtype(dtype))
+    t[np.arange(b), np.arange(b) % v] = np.dtype(dtype).type(0.9)
+    total = np.asarray(jax.jit(lambda a: row_sum(a, (1,)))(jnp.asarray(t)), np.float64)
+    for got, row in zip(total.tolist(), t, strict=True):
+        exact = sum(Fraction(v) for v in row.astype(np.float64).tolist())
+        # Within half an ulp of the exact sum (plus the O(u^2) of the compensation).
+        assert abs(Fraction(got) - exact) <= Fraction(1.001) * U[dtype] * exact, (got, exact)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_smoothed_label_ce_on_flat_logits(dtype, x64):
+    """Smoothed labels on near-uniform logits (the slow grid's 'scale 0.0001 V=1000' rows).
+
+    The loss is ``T·log1p(S')`` with a tiny condition number, so the label total T must be
+    right to the last bit or two: the plain sum gave 5.6 (float64) and 5.1 (float32) ulps.
+    """
+    rng = np.random.default_rng(1)
+    v = 1000
+    x64 = _cast(rng.normal(size=(3, v)) * 1e-4, dtype)
+    y = rng.integers(0, v, size=3)
+    t64 = np.full((3, v), 0.1 / v)
+    t64[np.arange(3), y] += 0.9
+    t64 = _cast(t64, dtype)
+    x, t = jnp.asarray(x64, dtype), jnp.asarray(t64, dtype)
+    value, grad = _evaluate("softmax_cross_entropy[smoothed]", x, t, None, False)
+    for i in range(3):
+        r = ref.mp_softmax_cross_entropy(x64[i], t64[i])
+        assert _errors(np.asarray(value, np.float64)[i], r.value, r.kappa, dtype).max() <= 4.0
+        eg = _errors(np.asarray(grad, np.float64)[i], r.grad, r.kappa_grad, dtype)
+        assert eg.max() <= 8.0
 
 
 # --------------------------------------------------------------------------------------------

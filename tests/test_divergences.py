@@ -84,3 +84,22 @@ def test_bad_input():
         jaxce.kl_divergence(jnp.zeros(3), jnp.zeros(3, jnp.int32))
     with pytest.raises(TypeError, match="`log_targets` must be a floating-point"):
         jaxce.kl_divergence_with_log_targets(jnp.zeros(3), jnp.zeros(3, jnp.int32))
+
+
+@pytest.mark.parametrize("log_targets", [False, True])
+def test_nan_log_prediction_is_not_hidden_by_a_zero_target(log_targets):
+    """0 * NaN is NaN: a NaN input poisons its example even on a class with target 0."""
+    t = jnp.array([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5]])
+    lp = jnp.log(jnp.array([[0.2, 0.4, 0.4], [0.2, 0.4, 0.4]])).at[0, 0].set(jnp.nan)
+    fn = jaxce.kl_divergence_with_log_targets if log_targets else jaxce.kl_divergence
+    out = fn(lp, jnp.log(t) if log_targets else t)
+    assert np.isnan(out[0])
+    assert np.isfinite(out[1])
+
+
+def test_log_targets_absent_class_with_minus_inf_prediction_is_zero():
+    lp = jnp.array([-jnp.inf, jnp.log(0.5), jnp.log(0.5)])
+    lt = jnp.log(jnp.array([0.0, 0.5, 0.5]))
+    value, grad = jax.value_and_grad(jaxce.kl_divergence_with_log_targets)(lp, lt)
+    assert float(value) == 0.0
+    np.testing.assert_array_equal(grad, [0.0, -0.5, -0.5])

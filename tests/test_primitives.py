@@ -229,7 +229,9 @@ def test_xlogy_conventions():
 
 
 def test_safe_mul_conventions():
-    for y in (INF, -INF, NAN):
+    # 0 * NaN stays NaN: a NaN input is never hidden behind a zero target (issue 5's policy)
+    assert math.isnan(float(jaxce.safe_mul(0.0, NAN)))
+    for y in (INF, -INF):
         assert float(jaxce.safe_mul(0.0, y)) == 0.0
         gx, gy = jax.grad(jaxce.safe_mul, argnums=(0, 1))(0.0, y)
         assert float(gx) == 0.0

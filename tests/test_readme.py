@@ -35,3 +35,11 @@ def test_usage_example_runs():
         exec(compile(blocks[0], "README.md", "exec"), namespace)
     np.testing.assert_allclose(namespace["loss"], [9.420674e-14, 0.31326166], rtol=1e-6)
     assert np.isfinite(float(namespace["value"]))
+
+
+def test_every_python_block_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    assert len(blocks) >= 2
+    for block in blocks[1:]:
+        with jax.numpy_rank_promotion("allow"):
+            exec(compile(block, "README.md", "exec"), {})

@@ -262,15 +262,19 @@ def test_hessian_is_T_diag_p_minus_pp():
 
 
 @pytest.mark.parametrize("label", [-1, 3, -100, 1000])
-def test_out_of_range_label_is_nan(label):
+def test_out_of_range_label_is_nan_under_jit_and_an_error_eagerly(label):
+    """optax wraps -1 to the last class; jaxce never picks a logit for a label that has none."""
     x = jnp.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
     y = jnp.array([label, 1])
-    out = jaxce.softmax_cross_entropy_with_integer_labels(x, y)
+    fn = jaxce.softmax_cross_entropy_with_integer_labels
+    out = jax.jit(fn)(x, y)
     assert np.isnan(out[0])
     assert np.isfinite(out[1])
-    g = jax.grad(lambda v: jnp.sum(jaxce.softmax_cross_entropy_with_integer_labels(v, y)))(x)
+    g = jax.jit(jax.grad(lambda v, w: jnp.sum(fn(v, w))))(x, y)
     assert np.all(np.isnan(g[0]))
     assert np.all(np.isfinite(g[1]))
+    with pytest.raises(ValueError, match=rf"`labels` holds {label} at position \(0,\)"):
+        fn(x, y)
 
 
 # --------------------------------------------------------------------------------------------
