@@ -175,10 +175,8 @@ def _cast(a: np.ndarray, dtype: str) -> np.ndarray:
 def _row_inputs(spec: Spec, batch: RowBatch, dtype: str) -> Inputs:
     x = _cast(batch.x, dtype)
     where = batch.where if spec.masks else None
-    if spec.masks or batch.where is None:
-        pass
-    else:  # a function without `where`: express the mask as -inf logits
-        x = np.where(batch.where, x, -np.inf)
+    if not spec.masks and batch.where is not None:
+        x = np.where(batch.where, x, -np.inf)  # no `where` argument: mask with -inf logits
     if spec.inputs == "log-probs":
         x = _cast(np.asarray(ref.np_log_softmax(x, where).value, np.float64), dtype)
     if spec.labels is None:
