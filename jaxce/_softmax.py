@@ -132,6 +132,7 @@ def softmax_cross_entropy(
     all classes masked (``where``)                         0                  0
     masked class                                           excluded           0
     NaN logit                                              NaN (that row)     NaN (that row)
+    label outside ``[0, 1]`` (see :func:`jaxce.checked`)   NaN (jit) / error  NaN (that row)
     =====================================================  =================  =================
 
     Args:
@@ -226,12 +227,14 @@ def softmax_cross_entropy_with_integer_labels(
     target logit the only ``+inf``                  0             0
     ``+inf`` on another class                       ``+inf``      finite
     target class masked, or every class masked      0             0 (as with a one-hot label)
-    label outside ``[0, num_classes)``              NaN           NaN
+    label outside ``[0, num_classes)`` (jit)        NaN           NaN
+    label outside ``[0, num_classes)`` (eager)      ValueError    (names value and position)
     single class                                    0             0
     ==============================================  ============  ==========================
 
     Unlike optax, a label outside the valid range never wraps around (``-1`` is not the last
-    class) and never silently picks a logit: that example's loss is NaN.
+    class) and never silently picks a logit: that example's loss is NaN under ``jit``, an
+    eager call raises, and :func:`jaxce.checked` reports it from inside ``jit``.
 
     Args:
       logits: ``[..., num_classes]``; with a tuple ``axis`` the classes span those axes.
