@@ -78,7 +78,7 @@ def kl_divergence(
     lp, t, axes, mask = _prepare(
         "log_predictions", log_predictions, "targets", targets, axis, where
     )
-    check_probabilities("targets", t if mask is None else jnp.where(mask, t, 0))
+    check_probabilities("targets", t, mask)
     return _kl_core(lp, t, mask, axes, targets_checked())
 
 
@@ -127,7 +127,7 @@ def kl_divergence_with_log_targets(
     lp, lt, axes, mask = _prepare(
         "log_predictions", log_predictions, "log_targets", log_targets, axis, where
     )
-    check_log_probabilities("log_targets", lt if mask is None else jnp.where(mask, lt, 0))
+    check_log_probabilities("log_targets", lt, mask)
     return _kl_log_targets_core(lp, lt, mask, axes, targets_checked())
 
 

@@ -212,45 +212,6 @@ def _grid(classes: tuple[int, ...], rows: int) -> list[RowBatch]:
     return softmax_grid(classes=classes, rows=rows, seed=0)
 
 
-_NP_REFERENCE = {
-    "softplus": lambda x, t, w: ref.np_softplus(x),
-    "log_sigmoid": lambda x, t, w: ref.np_log_sigmoid(x),
-    "sigmoid": lambda x, t, w: ref.np_sigmoid(x),
-    "sigmoid_binary_cross_entropy": lambda x, t, w: ref.np_sigmoid_binary_cross_entropy(x, t),
-    "logsumexp": lambda x, t, w: ref.np_logsumexp(x, w),
-    "log_softmax": lambda x, t, w: ref.np_log_softmax(x, w),
-    "softmax": lambda x, t, w: ref.np_softmax(x, w),
-    "softmax_cross_entropy_with_integer_labels": (
-        lambda x, t, w: ref.np_softmax_cross_entropy_with_integer_labels(x, t, w)
-    ),
-    "softmax_cross_entropy": lambda x, t, w: ref.np_softmax_cross_entropy(x, t, w),
-    "safe_softmax_cross_entropy": lambda x, t, w: ref.np_softmax_cross_entropy(x, t, w),
-    "kl_divergence": lambda x, t, w: ref.np_kl_divergence(x, t, w),
-    "kl_divergence_with_log_targets": lambda x, t, w: ref.np_kl_divergence_with_log_targets(
-        x, t, w
-    ),
-}
-
-_MP_REFERENCE = {
-    "softplus": lambda x, t, w: ref.mp_softplus(x),
-    "log_sigmoid": lambda x, t, w: ref.mp_log_sigmoid(x),
-    "sigmoid": lambda x, t, w: ref.mp_sigmoid(x),
-    "sigmoid_binary_cross_entropy": lambda x, t, w: ref.mp_sigmoid_binary_cross_entropy(x, t),
-    "logsumexp": lambda x, t, w: ref.mp_logsumexp(x, w),
-    "log_softmax": lambda x, t, w: ref.mp_log_softmax(x, w),
-    "softmax": lambda x, t, w: ref.mp_softmax(x, w),
-    "softmax_cross_entropy_with_integer_labels": (
-        lambda x, t, w: ref.mp_softmax_cross_entropy_with_integer_labels(x, int(t), w)
-    ),
-    "softmax_cross_entropy": lambda x, t, w: ref.mp_softmax_cross_entropy(x, t, w),
-    "safe_softmax_cross_entropy": lambda x, t, w: ref.mp_softmax_cross_entropy(x, t, w),
-    "kl_divergence": lambda x, t, w: ref.mp_kl_divergence(x, t, w),
-    "kl_divergence_with_log_targets": lambda x, t, w: ref.mp_kl_divergence_with_log_targets(
-        x, t, w
-    ),
-}
-
-
 def _errors(v: np.ndarray, r: Any, kappa: Any, u: float, tiny: float) -> np.ndarray:
     e = ref.condition_scaled_error(np.asarray(v, np.float64), r, kappa, u, tiny)
     return np.atleast_1d(np.asarray(e, np.float64))
@@ -367,13 +328,22 @@ Ref = ref.Ref
 
 
 def _reference(spec: Spec, inp: Inputs, exact: bool) -> Ref | list[Ref]:
-    if not exact:
-        return _NP_REFERENCE[spec.name](inp.x, inp.t, inp.where)
-    mp = _MP_REFERENCE[spec.name]
-    if spec.kind != "row":
-        return mp(inp.x, inp.t, inp.where)
+    """``ref.np_<name>`` on the whole batch, or ``ref.mp_<name>`` row by row (float64)."""
+    fn = getattr(ref, ("mp_" if exact else "np_") + spec.name.removeprefix("safe_"))
+
+    def call(x: np.ndarray, t: Any, w: Any) -> Ref:
+        if spec.kind == "elementwise":
+            return fn(x)
+        if spec.kind == "binary":
+            return fn(x, t)
+        if spec.labels is None:
+            return fn(x, w)
+        return fn(x, int(t) if exact and spec.labels == "int" else t, w)
+
+    if not exact or spec.kind != "row":
+        return call(inp.x, inp.t, inp.where)
     return [
-        mp(
+        call(
             inp.x[i],
             None if inp.t is None else inp.t[i],
             None if inp.where is None else inp.where[i],

@@ -158,7 +158,7 @@ def softmax_cross_entropy(
     axes = canonical_axes(axis, x.ndim)
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
     mask = mask_array(where, tuple(x.shape), axes)
-    check_probabilities("labels", t if mask is None else jnp.where(mask, t, 0))
+    check_probabilities("labels", t, mask)
     return _soft_ce_core(x, t, mask, axes, targets_checked())
 
 

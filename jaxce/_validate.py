@@ -117,8 +117,8 @@ def checked(fn: Callable[..., Any]) -> Callable[..., tuple[checkify.Error, Any]]
     return checkify.checkify(traced, errors=checkify.user_checks)
 
 
-def _is_concrete(*arrays: jax.Array) -> bool:
-    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+def _is_concrete(a: jax.Array) -> bool:
+    return not isinstance(a, jax.core.Tracer)
 
 
 @jax.jit
@@ -141,8 +141,8 @@ def _report(name: str, values: jax.Array, bad: jax.Array, expected: str) -> None
             first,
         )
         return
-    if not _is_concrete(values, bad):
-        return  # under jit: the loss itself turns the example into NaN
+    if not _is_concrete(bad):
+        return  # concrete values combined with traced ones inside a jit trace
     any_bad, first = _first_bad(bad)
     if bool(any_bad):
         position = np.unravel_index(int(first), bad.shape)
@@ -154,10 +154,17 @@ def _report(name: str, values: jax.Array, bad: jax.Array, expected: str) -> None
         )
 
 
+def _wanted(values: jax.Array) -> bool:
+    """Check now: in checked mode, or eagerly. Under plain jit the loss itself makes the NaN,
+    so nothing is traced here."""
+    return _checking() or _is_concrete(values)
+
+
 def check_class_indices(name: str, labels: jax.Array, num_classes: int) -> None:
     """Integer labels must lie in ``[0, num_classes)``."""
-    bad = (labels < 0) | (labels >= num_classes)
-    _report(name, labels, bad, f"[0, {num_classes}) (the number of classes)")
+    if _wanted(labels):
+        bad = (labels < 0) | (labels >= num_classes)
+        _report(name, labels, bad, f"[0, {num_classes}) (the number of classes)")
 
 
 def outside_unit_interval(t: jax.Array) -> jax.Array:
@@ -165,18 +172,20 @@ def outside_unit_interval(t: jax.Array) -> jax.Array:
     return ~((t >= 0) & (t <= 1))
 
 
-def check_probabilities(name: str, t: jax.Array) -> None:
-    """Probability targets must lie in ``[0, 1]`` (unless :func:`target_checks` is off)."""
-    if not targets_checked():
-        return
-    _report(name, t, outside_unit_interval(t), "[0, 1] (probabilities)")
+def check_probabilities(name: str, t: jax.Array, mask: jax.Array | None = None) -> None:
+    """Probability targets must lie in ``[0, 1]`` on the classes ``mask`` keeps (unless
+    :func:`target_checks` is off)."""
+    if targets_checked() and _wanted(t):
+        bad = outside_unit_interval(t)
+        _report(name, t, bad if mask is None else bad & mask, "[0, 1] (probabilities)")
 
 
-def check_log_probabilities(name: str, lt: jax.Array) -> None:
-    """Log-probability targets must be ``<= 0`` (unless :func:`target_checks` is off)."""
-    if not targets_checked():
-        return
-    _report(name, lt, ~(lt <= 0), "[-inf, 0] (log-probabilities)")
+def check_log_probabilities(name: str, lt: jax.Array, mask: jax.Array | None = None) -> None:
+    """Log-probability targets must be ``<= 0`` on the classes ``mask`` keeps (unless
+    :func:`target_checks` is off)."""
+    if targets_checked() and _wanted(lt):
+        bad = ~(lt <= 0)
+        _report(name, lt, bad if mask is None else bad & mask, "[-inf, 0] (log-probabilities)")
 
 
 def nan_where(bad: jax.Array, a: jax.Array) -> jax.Array:
