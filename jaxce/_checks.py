@@ -140,3 +140,31 @@ def mask_array(
             f"dimension must be equal or 1."
         )
     return jnp.broadcast_to(w, shape)
+
+
+def class_weights(
+    name: str, weights: ArrayLike, shape: tuple[int, ...], axes: tuple[int, ...], dtype: jnp.dtype
+) -> jax.Array:
+    """Per-class weights broadcast to the full ``shape`` along the class ``axes``.
+
+    Accepted: the class axes' shape (``[num_classes]`` for one class axis) or, for a tuple
+    ``axis``, the flat ``[prod(class dims)]`` vector (row-major, as integer labels index it).
+    """
+    w = float_array(name, weights).astype(dtype)
+    class_shape = tuple(shape[a] for a in axes)
+    flat = (int(np.prod(class_shape)),)
+    if tuple(w.shape) == flat and len(class_shape) > 1:
+        w = w.reshape(class_shape)
+    if tuple(w.shape) != class_shape:
+        expected = f"{class_shape}" if len(class_shape) == 1 else f"{class_shape} or {flat}"
+        raise ValueError(
+            f"`{name}` has shape {tuple(w.shape)}; expected one weight per class, shape "
+            f"{expected} (the logits' class axes {axes} of shape {shape})."
+        )
+    # Place the class dims at their axes (in the order the axes were given), 1 elsewhere.
+    order = sorted(range(len(axes)), key=lambda i: axes[i])
+    w = w.transpose(order) if order != list(range(len(axes))) else w
+    full = [1] * len(shape)
+    for a in sorted(axes):
+        full[a] = shape[a]
+    return jnp.broadcast_to(w.reshape(full), shape)

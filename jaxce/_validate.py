@@ -191,3 +191,24 @@ def check_log_probabilities(name: str, lt: jax.Array, mask: jax.Array | None = N
 def nan_where(bad: jax.Array, a: jax.Array) -> jax.Array:
     """``a`` with NaN where ``bad``: how an invalid value poisons its example under jit."""
     return jnp.where(bad, jnp.array(jnp.nan, a.dtype), a)
+
+
+def negative(w: jax.Array) -> jax.Array:
+    """True where ``w`` is not a non-negative number (negative, or NaN)."""
+    return ~(w >= 0)
+
+
+def check_nonnegative(name: str, w: jax.Array) -> None:
+    """Weights (class weights, ``pos_weight``, per-example weights) must be ``>= 0``.
+
+    Always checked (like integer labels; :func:`target_checks` does not switch it off). Under
+    ``jit`` the core turns the affected examples NaN with :func:`nan_where` and :func:`negative`.
+    """
+    if _wanted(w):
+        _report(name, w, negative(w), "[0, inf) (weights must be non-negative)")
+
+
+def check_positive(name: str, v: jax.Array) -> None:
+    """Scales (``temperature``, ``logit_soft_cap``) must be ``> 0``; NaN under ``jit``."""
+    if _wanted(v):
+        _report(name, v, ~(v > 0), "(0, inf] (a positive scale)")

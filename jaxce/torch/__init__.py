@@ -1,0 +1,15 @@
+"""PyTorch semantics for people porting PyTorch code: ``torch.nn.functional``'s losses in JAX.
+
+Same arguments and results as ``torch.nn.functional`` (reductions ``"none"``, ``"sum"``,
+``"mean"``, class ``weight``, ``ignore_index``, ``label_smoothing``, ``pos_weight``), built on
+jaxce's stable per-example losses, with the class axis last by default (the JAX convention;
+``axis=1`` gives PyTorch's layout). One deliberate difference: a ``"mean"`` over a batch whose
+targets are all ignored (or whose weights sum to 0) is 0 with a zero gradient, where PyTorch
+returns NaN.
+
+``jaxce.torch`` does not import PyTorch.
+"""
+
+from jaxce.torch._reduction import REDUCTIONS as REDUCTIONS
+
+__all__ = ["REDUCTIONS"]
