@@ -251,7 +251,7 @@ def softmax_cross_entropy_with_integer_labels(
     >>> jaxce.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1])).round(4).tolist()
     [0.2761, 2.9518]
     >>> float(jaxce.softmax_cross_entropy_with_integer_labels(jnp.array([80.0, 0.0]), 0))
-    1.8048513878454153e-35
+    1.80485...e-35
     """
     x = float_array("logits", logits)
     y = integer_array("labels", labels)

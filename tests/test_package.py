@@ -43,3 +43,15 @@ def test_import_does_not_pull_optax_or_mpmath():
     code = "import sys, jaxce; print('optax' in sys.modules, 'mpmath' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_ci_installs_the_parity_pin():
+    """.ci/run installs the same PyTorch as pyproject's `parity` extra (so CI runs the matrix)."""
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (pin,) = extras["parity"]
+    assert f'install --quiet "{pin}"' in (root / ".ci" / "run").read_text()
