@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxce._validate import check_positive, nan_where
+from jaxce._validate import _is_concrete, check_positive, nan_where
 
 __all__ = ["scale_logits"]
 
@@ -40,7 +40,9 @@ def _scale(name: str, value: ArrayLike, dtype: jnp.dtype) -> jax.Array:
             f"`{name}` must be a real scalar; got dtype {v.dtype}, shape {tuple(v.shape)}."
         )
     v = v.astype(dtype)
-    check_positive(name, v)
+    check_positive(name, v)  # concrete: a ValueError already, so v is positive here
+    if _is_concrete(v):
+        return v  # no NaN constant built eagerly (jax.debug_nans would flag it)
     return nan_where(~(v > 0), v)  # a non-positive scale: NaN loss under jit, never a number
 
 
