@@ -175,6 +175,7 @@ def softmax_cross_entropy(
     ``label_smoothing`` outside ``[0, 1]``, ``z_loss<0``   NaN (jit) / error  NaN
     ``temperature`` / ``logit_soft_cap`` ``<= 0``          NaN (jit) / error  NaN
     ``+inf`` logit with ``logit_soft_cap``                 capped to ``c``    0 on that logit
+    ``+inf`` logit with ``z_loss > 0`` (no cap)            ``+inf``           z-part 0
     =====================================================  =================  =================
 
     Args:
@@ -423,7 +424,10 @@ def _off(value: object) -> bool:
 
 def _coefficient(name: str, value: ArrayLike, dtype: jnp.dtype, upper: float | None) -> jax.Array:
     """A real scalar hyperparameter in ``[0, upper]``: eager ValueError, NaN under ``jit``."""
-    v = jnp.asarray(value)
+    try:
+        v = jnp.asarray(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a real scalar; got {value!r}.") from None
     if v.ndim != 0 or not (
         jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
     ):
@@ -437,6 +441,8 @@ def _coefficient(name: str, value: ArrayLike, dtype: jnp.dtype, upper: float | N
         bad, expected = ~((v >= 0) & (v <= upper)), f"[0, {upper:g}]"
     if _wanted(v):
         _report(name, v, bad, expected)
+    if not isinstance(v, jax.core.Tracer):
+        return v  # concrete and checked above; no NaN constant (quiet under jax.debug_nans)
     return nan_where(bad, v)
 
 
@@ -494,9 +500,15 @@ def _z_loss_term(
     ``custom_vjp``, reverse mode only). An empty row (every class masked or ``-inf``) has
     ``lse = -inf`` and contributes 0, not ``(-inf)^2``; its derivative is 0.
     """
-    lse = jnp.squeeze(lse_minus(x, jnp.zeros((), x.dtype), mask, axes), axes)
-    lse = jnp.where(lse == -jnp.inf, jnp.zeros((), x.dtype), lse)
-    return safe_mul(z, lse * lse)
+    zero = jnp.zeros((), x.dtype)
+    lse = jnp.squeeze(lse_minus(x, zero, mask, axes), axes)
+    finite = jnp.isfinite(lse)
+    # Double where: the derivative flows only through finite rows. A +inf row (a +inf logit)
+    # has z-loss +inf whose derivative is not defined; it gets 0 here (the cross-entropy keeps
+    # its own finite gradient) instead of inf * 0 = NaN. NaN rows stay NaN.
+    lse_f = jnp.where(finite, lse, zero)
+    edge = lax.stop_gradient(jnp.where(lse == -jnp.inf, zero, lse * lse))
+    return safe_mul(z, jnp.where(finite, lse_f * lse_f, edge))
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
