@@ -8,6 +8,8 @@ standard (condition-scaled ulps).
 
 from jaxce._divergences import kl_divergence as kl_divergence
 from jaxce._divergences import kl_divergence_with_log_targets as kl_divergence_with_log_targets
+from jaxce._focal import poly_loss_cross_entropy as poly_loss_cross_entropy
+from jaxce._focal import softmax_focal_loss as softmax_focal_loss
 from jaxce._primitives import log_sigmoid as log_sigmoid
 from jaxce._primitives import log_softmax as log_softmax
 from jaxce._primitives import logsumexp as logsumexp
@@ -17,6 +19,7 @@ from jaxce._primitives import softmax as softmax
 from jaxce._primitives import softplus as softplus
 from jaxce._primitives import xlogy as xlogy
 from jaxce._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jaxce._smoothing import smooth_labels as smooth_labels
 from jaxce._softmax import safe_softmax_cross_entropy as safe_softmax_cross_entropy
 from jaxce._softmax import softmax_cross_entropy as softmax_cross_entropy
 from jaxce._softmax import (
@@ -45,13 +48,16 @@ __all__ = [
     "log_sigmoid",
     "log_softmax",
     "logsumexp",
+    "poly_loss_cross_entropy",
     "safe_mul",
     "safe_softmax_cross_entropy",
     "sigmoid",
     "sigmoid_binary_cross_entropy",
+    "smooth_labels",
     "softmax",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
+    "softmax_focal_loss",
     "softplus",
     "target_checks",
     "xlogy",

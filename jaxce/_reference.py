@@ -1157,3 +1157,113 @@ def condition_scaled_error(
     if e.ndim == 0:
         return float(e)
     return e
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax family (issue 3): focal loss and PolyLoss, mpmath
+# ----------------------------------------------------------------------------------------------
+
+
+def _mp_focal_value_grad(
+    x: list[Any], a: list[Any], gamma: Any, eps: Any, kind: str, mp: Any
+) -> tuple[Any, list[Any], list[Any]]:
+    """Value, gradient and per-class term magnitudes of the focal loss (kind "focal",
+    -Σ a_k q_k^γ log p_k) or PolyLoss (kind "poly", Σ a_k(-log p_k + ε q_k)) of one finite row.
+
+    Classes with ``x_k = -inf`` (p_k = 0) must have ``a_k = 0``. Small quantities are formed
+    directly: q_j = Σ_{k≠j} p_k, -log p_j = log1p(Σ_{k≠j} e^{x_k - x_j}).
+    """
+    V = len(x)
+    live = [k for k in range(V) if x[k] != -mp.inf]
+    e = {k: {j: mp.exp(x[j] - x[k]) for j in live if j != k} for k in live}
+    nlp = [mp.inf] * V
+    p = [mp.mpf(0)] * V
+    q = [mp.mpf(1)] * V
+    for k in live:
+        s = mp.fsum(e[k].values())
+        nlp[k] = mp.log1p(s)
+        p[k] = 1 / (1 + s)
+        q[k] = s / (1 + s)
+    value = mp.mpf(0)
+    c = [mp.mpf(0)] * V
+    for k in live:
+        if a[k] == 0:
+            continue
+        if kind == "focal":
+            mod = q[k] ** gamma if gamma != 0 else mp.mpf(1)
+            value += a[k] * mod * nlp[k]
+            h = nlp[k] / q[k] if q[k] != 0 else mp.mpf(1)
+            c[k] = mod * (1 + gamma * p[k] * h)
+        else:
+            value += a[k] * (nlp[k] + eps * q[k])
+    A = mp.fsum(a[k] * c[k] for k in live)
+    grad = [mp.mpf(0)] * V
+    mag = [mp.mpf(0)] * V
+    if kind == "focal":
+        for j in live:
+            R = mp.fsum(a[k] * c[k] for k in live if k != j)
+            grad[j] = p[j] * R - a[j] * c[j] * q[j]
+            mag[j] = min(p[j] * A + a[j] * c[j], p[j] * R + a[j] * c[j] * q[j])
+    else:
+        T = mp.fsum(a[k] for k in live)
+        for j in live:
+            # CE part T p_j - a_j, poly part eps p_j (P - a_j); P - a_j = Σ_{k≠j} a_k p_k - a_j q_j
+            Pm = mp.fsum(a[k] * p[k] for k in live if k != j) - a[j] * q[j]
+            Tm = mp.fsum(a[k] for k in live if k != j)
+            grad[j] = (Tm - T * q[j]) + eps * p[j] * Pm
+            mag[j] = min(T * p[j] + a[j], Tm + T * q[j]) + abs(eps) * p[j] * (
+                mp.fsum(a[k] * p[k] for k in live if k != j) + a[j] * q[j]
+            )
+    return value, grad, mag
+
+
+def mp_softmax_focal_loss(
+    x: npt.ArrayLike,
+    t: npt.ArrayLike,
+    gamma: float = 2.0,
+    alpha: npt.ArrayLike | None = None,
+    dps: int = DEFAULT_DPS,
+    *,
+    kind: str = "focal",
+    epsilon: float = 0.0,
+) -> Ref:
+    """Focal loss ``-Σ α_k t_k (1 - p_k)^γ log p_k`` of one row (or PolyLoss with
+    ``kind="poly"``), with κ = Σ_k |x_k ∂r/∂x_k| and κ_grad_j = Σ_k |x_k ∂g_j/∂x_k| (central
+    differences of the exact gradient at ``dps`` digits) plus the magnitude of the smaller of
+    the two forms of the gradient's final difference (the ``min(...)`` term of NUMERICS.md).
+
+    Rows with ``+inf``, NaN or a positive target on a ``-inf`` logit are not supported.
+    """
+    xr = _as_row(x)
+    tr = _as_row(t, "t")
+    V = xr.shape[0]
+    al = np.ones(V) if alpha is None else np.broadcast_to(np.asarray(alpha, np.float64), (V,))
+    with _workdps(dps) as mp:
+        xs = [mp.mpf(float(v)) if np.isfinite(v) else -mp.inf for v in xr.tolist()]
+        a = [mp.mpf(float(al[k])) * mp.mpf(float(tr[k])) for k in range(V)]
+        g_ = mp.mpf(gamma)
+        eps = mp.mpf(epsilon)
+        value, grad, mag = _mp_focal_value_grad(xs, a, g_, eps, kind, mp)
+        kappa = mp.fsum(abs(xs[k] * grad[k]) for k in range(V) if grad[k] != 0)
+        kg = list(mag)
+        for k in range(V):
+            if xs[k] == -mp.inf or xs[k] == 0:
+                continue
+            h = abs(xs[k]) * mp.mpf(10) ** (-(dps // 3))
+            up = list(xs)
+            dn = list(xs)
+            up[k] += h
+            dn[k] -= h
+            gu = _mp_focal_value_grad(up, a, g_, eps, kind, mp)[1]
+            gd = _mp_focal_value_grad(dn, a, g_, eps, kind, mp)[1]
+            for j in range(V):
+                kg[j] += abs(xs[k] * (gu[j] - gd[j]) / (2 * h))
+        return Ref(value, grad, kappa, kg)
+
+
+def mp_poly_loss_cross_entropy(
+    x: npt.ArrayLike, t: npt.ArrayLike, epsilon: float = 2.0, dps: int = DEFAULT_DPS
+) -> Ref:
+    """PolyLoss ``Σ t_k(-log p_k) + ε Σ t_k (1 - p_k)`` of one row; see
+    :func:`mp_softmax_focal_loss` for κ."""
+    return mp_softmax_focal_loss(x, t, dps=dps, kind="poly", epsilon=epsilon)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
@@ -19,16 +21,22 @@ from jax.typing import ArrayLike
 from jaxce._checks import (
     Axis,
     canonical_axes,
+    class_weights,
     float_array,
     integer_array,
     mask_array,
     same_rank_broadcast,
 )
 from jaxce._primitives import lse_minus, row_parts, row_sum, safe_mul, softplus
+from jaxce._transforms import scale_logits
 from jaxce._validate import (
+    _report,
+    _wanted,
     check_class_indices,
+    check_nonnegative,
     check_probabilities,
     nan_where,
+    negative,
     outside_unit_interval,
     targets_checked,
 )
@@ -109,6 +117,12 @@ def softmax_cross_entropy(
     labels: ArrayLike,
     axis: Axis = -1,
     where: ArrayLike | None = None,
+    *,
+    weights: ArrayLike | None = None,
+    label_smoothing: ArrayLike = 0.0,
+    z_loss: ArrayLike = 0.0,
+    logit_soft_cap: ArrayLike | None = None,
+    temperature: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy with probability (soft) labels, per example.
 
@@ -135,12 +149,47 @@ def softmax_cross_entropy(
     label outside ``[0, 1]`` (see :func:`jaxce.checked`)   NaN (jit) / error  NaN (that row)
     =====================================================  =================  =================
 
+    **Keyword options** (all off by default; then exactly the plain code path runs). With
+    :math:`x' = c\tanh(x / (T c))` (``temperature`` T, ``logit_soft_cap`` c, see
+    :func:`jaxce._transforms.scale_logits`), :math:`C_r` the number of unmasked classes of
+    the row and :math:`t'_k = (1-\varepsilon) t_k + \varepsilon / C_r`:
+
+    .. math::
+       \ell = -\sum_k w_k t'_k \log\operatorname{softmax}(x')_k
+              + z \cdot \operatorname{logsumexp}(x')^2
+
+    The weighted, smoothed label :math:`w_k t'_k` goes through the same stable core (so the
+    tiny losses and gradients stay exact); the z-loss (PaLM) goes through the custom-JVP
+    log-sum-exp of :func:`jaxce.logsumexp`, so its derivative :math:`2 z\,\mathrm{lse}\,p`
+    is right in forward *and* reverse mode (T5X's ``cross_entropy_with_logits`` uses a
+    ``custom_vjp``: reverse mode only).
+
+    =====================================================  =================  =================
+    option case                                            value              gradient
+    =====================================================  =================  =================
+    ``label_smoothing > 0`` and a ``-inf`` logit           ``+inf``           finite
+    (an unmasked impossible class gets mass ε/C)
+    all classes masked, any options                        0 (z-loss 0)       0
+    weight 0 on a class with target > 0 and ``p = 0``      term is 0          0
+    negative weight (see :func:`jaxce.checked`)            NaN (jit) / error  NaN
+    ``label_smoothing`` outside ``[0, 1]``, ``z_loss<0``   NaN (jit) / error  NaN
+    ``temperature`` / ``logit_soft_cap`` ``<= 0``          NaN (jit) / error  NaN
+    ``+inf`` logit with ``logit_soft_cap``                 capped to ``c``    0 on that logit
+    ``+inf`` logit with ``z_loss > 0`` (no cap)            ``+inf``           z-part 0
+    =====================================================  =================  =================
+
     Args:
       logits: unnormalized log-probabilities, ``[..., num_classes]``.
       labels: target probabilities, same rank as ``logits`` and broadcastable to it
         (e.g. one-hot or smoothed labels).
       axis: class axis or tuple of axes (``None``: all axes).
       where: optional boolean mask, ``logits``' shape or its batch shape (per-example).
+      weights: optional per-class weights ``[num_classes]`` (``>= 0``); for a tuple ``axis``
+        the class axes' shape or the flat ``[prod]`` vector.
+      label_smoothing: ε in ``[0, 1]``: the labels become ``(1 - ε) t + ε / C_r``.
+      z_loss: coefficient ``>= 0`` of the auxiliary ``logsumexp(x')^2`` term.
+      logit_soft_cap: optional positive cap ``c``: logits become ``c tanh(x / c)``.
+      temperature: optional positive ``T``: logits become ``x / T`` (before the cap).
 
     Returns:
       Per-example loss with the class axes removed, float32 for 16-bit logits.
@@ -159,7 +208,11 @@ def softmax_cross_entropy(
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
     mask = mask_array(where, tuple(x.shape), axes)
     check_probabilities("labels", t, mask)
-    return _soft_ce_core(x, t, mask, axes, targets_checked())
+    opts = _options(x, axes, weights, label_smoothing, z_loss)
+    if opts.off and temperature is None and logit_soft_cap is None:
+        return _soft_ce_core(x, t, mask, axes, targets_checked())  # the plain path, unchanged
+    x = scale_logits(x, temperature=temperature, logit_soft_cap=logit_soft_cap)
+    return _soft_ce_options(x, t, mask, opts, axes, targets_checked())
 
 
 def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -204,6 +257,13 @@ def softmax_cross_entropy_with_integer_labels(
     labels: ArrayLike,
     axis: int | tuple[int, ...] = -1,
     where: ArrayLike | None = None,
+    *,
+    weights: ArrayLike | None = None,
+    label_smoothing: ArrayLike = 0.0,
+    z_loss: ArrayLike = 0.0,
+    logit_soft_cap: ArrayLike | None = None,
+    temperature: ArrayLike | None = None,
+    ignore_index: int | None = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy with integer class labels, per example.
 
@@ -236,12 +296,50 @@ def softmax_cross_entropy_with_integer_labels(
     class) and never silently picks a logit: that example's loss is NaN under ``jit``, an
     eager call raises, and :func:`jaxce.checked` reports it from inside ``jit``.
 
+    **Keyword options** (all off by default; then exactly the plain code path runs), with
+    :math:`x'` the scaled logits (``temperature``, ``logit_soft_cap``), :math:`w` the class
+    weights and :math:`C_r` the number of unmasked classes of the row (PyTorch's formula,
+    ``torch.nn.functional.cross_entropy``):
+
+    .. math::
+       \ell = (1-\varepsilon)\,w_y\,(-\log p_y)
+             + \frac{\varepsilon}{C_r}\sum_k w_k\,(-\log p_k)
+             + z\cdot\operatorname{logsumexp}(x')^2,
+       \qquad p = \operatorname{softmax}(x')
+
+    equal to :func:`softmax_cross_entropy` with the one-hot label and the same options. The
+    first term is the stable integer-label core scaled, the second the soft-label core with a
+    uniform (weighted) label (no second log-softmax), the third the custom-JVP log-sum-exp
+    (forward and reverse mode). Note that with weights the smoothing is weighted too, so the
+    effective smoothing depends on the weights (pytorch #104776); jaxce keeps PyTorch's
+    formula.
+
+    =====================================================  =================  =================
+    option case                                            value              gradient
+    =====================================================  =================  =================
+    label equal to ``ignore_index``                        0                  0 (even for NaN
+                                                                              or ``inf`` logits)
+    target class masked, ``label_smoothing = ε``           the ε part only    of the ε part
+    ``label_smoothing > 0`` and a ``-inf`` logit           ``+inf``           finite
+    all classes masked, any options                        0                  0
+    weight 0 on the target, target logit ``-inf``          smoothing part     finite
+    negative weight (see :func:`jaxce.checked`)            NaN (jit) / error  NaN
+    ``label_smoothing`` outside ``[0, 1]``, ``z_loss<0``   NaN (jit) / error  NaN
+    =====================================================  =================  =================
+
     Args:
       logits: ``[..., num_classes]``; with a tuple ``axis`` the classes span those axes.
       labels: integer class indices, ``logits``' shape without the class axes. With a tuple
         ``axis`` a label is a flat index into the ``logits[axis]`` slice (row-major).
       axis: class axis, or tuple of axes.
       where: optional boolean mask, ``logits``' shape or the labels' shape (per-example).
+      weights: optional per-class weights ``[num_classes]`` (``>= 0``).
+      label_smoothing: ε in ``[0, 1]``.
+      z_loss: coefficient ``>= 0`` of the auxiliary ``logsumexp(x')^2`` term (PaLM).
+      logit_soft_cap: optional positive cap ``c``: logits become ``c tanh(x / c)``.
+      temperature: optional positive ``T``: logits become ``x / T`` (before the cap).
+      ignore_index: optional label value whose examples give 0 loss and 0 gradient
+        (exempt from the range check), like PyTorch's ``ignore_index``.
 
     Returns:
       Per-example loss, ``labels``' shape, float32 for 16-bit logits.
@@ -252,6 +350,10 @@ def softmax_cross_entropy_with_integer_labels(
     [0.2761, 2.9518]
     >>> float(jaxce.softmax_cross_entropy_with_integer_labels(jnp.array([80.0, 0.0]), 0))
     1.80485...e-35
+    >>> jaxce.softmax_cross_entropy_with_integer_labels(
+    ...     logits, jnp.array([0, -100]), label_smoothing=0.1, ignore_index=-100
+    ... ).round(4).tolist()
+    [0.3995, 0.0]
     """
     x = float_array("logits", logits)
     y = integer_array("labels", labels)
@@ -266,8 +368,25 @@ def softmax_cross_entropy_with_integer_labels(
             f"example)."
         )
     mask = mask_array(where, tuple(x.shape), axes)
+    ignored = None
+    if ignore_index is not None:
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(
+                f"`ignore_index` must be an int or None; got {ignore_index!r} "
+                f"(type {type(ignore_index).__name__})."
+            )
+        ignored = y == ignore_index
+        # Double where: an ignored example gets label 0 and zero logits before anything is
+        # computed, so neither a NaN nor an inf of its own reaches its (zero) value or gradient,
+        # and it is exempt from the range check.
+        y = jnp.where(ignored, jnp.zeros((), y.dtype), y)
+        x = jnp.where(jnp.expand_dims(ignored, axes), jnp.zeros((), x.dtype), x)
     check_class_indices("labels", y, math.prod(x.shape[a] for a in axes))
-    return _integer_ce_core(x, y, mask, axes)
+    opts = _options(x, axes, weights, label_smoothing, z_loss)
+    if opts.off and temperature is None and logit_soft_cap is None and ignored is None:
+        return _integer_ce_core(x, y, mask, axes)  # the plain path, unchanged
+    x = scale_logits(x, temperature=temperature, logit_soft_cap=logit_soft_cap)
+    return _integer_ce_options(x, y, mask, ignored, opts, axes)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
@@ -291,3 +410,163 @@ def _integer_ce_core(
         kept = jnp.any(mask & is_y, axis=-1, keepdims=True) | ~valid
         z = jnp.where(kept, z, jnp.array(-jnp.inf, x.dtype))
     return softplus(z)[..., 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Keyword options shared by both losses: weights, label_smoothing, z_loss, temperature, cap
+# --------------------------------------------------------------------------------------------
+
+
+def _off(value: object) -> bool:
+    """A Python number equal to 0: the option is off and nothing is traced for it."""
+    return isinstance(value, (int, float)) and value == 0
+
+
+def _coefficient(name: str, value: ArrayLike, dtype: jnp.dtype, upper: float | None) -> jax.Array:
+    """A real scalar hyperparameter in ``[0, upper]``: eager ValueError, NaN under ``jit``."""
+    try:
+        v = jnp.asarray(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a real scalar; got {value!r}.") from None
+    if v.ndim != 0 or not (
+        jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
+    ):
+        raise TypeError(
+            f"`{name}` must be a real scalar; got dtype {v.dtype}, shape {tuple(v.shape)}."
+        )
+    v = v.astype(dtype)
+    if upper is None:
+        bad, expected = ~(v >= 0), "[0, inf) (a non-negative coefficient)"
+    else:
+        bad, expected = ~((v >= 0) & (v <= upper)), f"[0, {upper:g}]"
+    if _wanted(v):
+        _report(name, v, bad, expected)
+    if not isinstance(v, jax.core.Tracer):
+        return v  # concrete and checked above; no NaN constant (quiet under jax.debug_nans)
+    return nan_where(bad, v)
+
+
+class _Options(NamedTuple):
+    """The keyword options as arrays (``None``: off, nothing traced)."""
+
+    weights: jax.Array | None  # class weights broadcast to the logits' shape
+    smoothing: jax.Array | None
+    z_loss: jax.Array | None
+
+    @property
+    def off(self) -> bool:
+        return self.weights is None and self.smoothing is None and self.z_loss is None
+
+
+def _options(
+    x: jax.Array,
+    axes: tuple[int, ...],
+    weights: ArrayLike | None,
+    label_smoothing: ArrayLike,
+    z_loss: ArrayLike,
+) -> _Options:
+    w = None
+    if weights is not None:
+        w = class_weights("weights", weights, tuple(x.shape), axes, x.dtype)
+        check_nonnegative("weights", float_array("weights", weights))
+    eps = (
+        None
+        if _off(label_smoothing)
+        else _coefficient("label_smoothing", label_smoothing, x.dtype, 1.0)
+    )
+    z = None if _off(z_loss) else _coefficient("z_loss", z_loss, x.dtype, None)
+    return _Options(w, eps, z)
+
+
+def _uniform_mass(
+    eps: jax.Array, mask: jax.Array | None, shape: tuple[int, ...], axes: tuple[int, ...]
+) -> jax.Array:
+    """``eps / C_row`` (dims kept), ``C_row`` the number of unmasked classes; 0 for empty rows."""
+    if mask is None:
+        n = jnp.asarray(math.prod(shape[a] for a in axes), eps.dtype)
+    else:
+        n = jnp.sum(mask, axis=axes, keepdims=True, dtype=eps.dtype)
+    one = jnp.ones((), eps.dtype)
+    return jnp.where(n > 0, eps / jnp.where(n > 0, n, one), jnp.zeros((), eps.dtype))
+
+
+def _z_loss_term(
+    x: jax.Array, mask: jax.Array | None, axes: tuple[int, ...], z: jax.Array
+) -> jax.Array:
+    """PaLM's auxiliary ``z · logsumexp(x)^2``, per example.
+
+    The log-sum-exp is the custom-JVP primitive behind :func:`jaxce.logsumexp`, so the
+    derivative ``2 z lse · p`` is right in forward and reverse mode (T5X writes this term with a
+    ``custom_vjp``, reverse mode only). An empty row (every class masked or ``-inf``) has
+    ``lse = -inf`` and contributes 0, not ``(-inf)^2``; its derivative is 0.
+    """
+    zero = jnp.zeros((), x.dtype)
+    lse = jnp.squeeze(lse_minus(x, zero, mask, axes), axes)
+    finite = jnp.isfinite(lse)
+    # Double where: the derivative flows only through finite rows. A +inf row (a +inf logit)
+    # has z-loss +inf whose derivative is not defined; it gets 0 here (the cross-entropy keeps
+    # its own finite gradient) instead of inf * 0 = NaN. NaN rows stay NaN.
+    lse_f = jnp.where(finite, lse, zero)
+    edge = lax.stop_gradient(jnp.where(lse == -jnp.inf, zero, lse * lse))
+    return safe_mul(z, jnp.where(finite, lse_f * lse_f, edge))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _soft_ce_options(
+    x: jax.Array,
+    t: jax.Array,
+    mask: jax.Array | None,
+    opts: _Options,
+    axes: tuple[int, ...],
+    check_targets: bool,
+) -> jax.Array:
+    if check_targets:
+        t = nan_where(outside_unit_interval(t), t)
+    if opts.smoothing is not None:
+        eps = opts.smoothing
+        t = (1.0 - eps) * t + _uniform_mass(eps, mask, tuple(x.shape), axes)
+    if opts.weights is not None:
+        # Weighted labels w_k t'_k may exceed 1: the check above already ran on t itself.
+        t = nan_where(negative(opts.weights), opts.weights) * t
+    loss = _soft_ce_core(x, t, mask, axes, False)
+    if opts.z_loss is not None:
+        loss = loss + _z_loss_term(x, mask, axes, opts.z_loss)
+    return loss
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _integer_ce_options(
+    x: jax.Array,
+    y: jax.Array,
+    mask: jax.Array | None,
+    ignored: jax.Array | None,
+    opts: _Options,
+    axes: tuple[int, ...],
+) -> jax.Array:
+    zero = jnp.zeros((), x.dtype)
+    # (1 - eps) w[y] (-log p_y): the exact integer-label core, scaled.
+    loss = _integer_ce_core(x, y, mask, axes)
+    coef = None
+    if opts.weights is not None:
+        w = nan_where(negative(opts.weights), opts.weights)
+        wl, _ = _classes_last(w, None, axes)
+        is_y = lax.broadcasted_iota(y.dtype, wl.shape, wl.ndim - 1) == y[..., None]
+        coef = jnp.sum(jnp.where(is_y, wl, zero), axis=-1)  # w[y] without a gather
+    if opts.smoothing is not None:
+        coef = 1.0 - opts.smoothing if coef is None else (1.0 - opts.smoothing) * coef
+    if coef is not None:
+        # safe_mul: a zero weight (or eps = 1) removes the term even where -log p_y = +inf;
+        # a NaN loss (out-of-range label) stays NaN.
+        loss = safe_mul(coef, loss)
+    if opts.smoothing is not None:
+        # (eps / C_row) sum_k w_k (-log p_k): the soft-label core with a uniform (weighted)
+        # label, so there is one log-softmax, not two.
+        u = _uniform_mass(opts.smoothing, mask, tuple(x.shape), axes)
+        if opts.weights is not None:
+            u = u * nan_where(negative(opts.weights), opts.weights)
+        loss = loss + _soft_ce_core(x, jnp.broadcast_to(u, x.shape), mask, axes, False)
+    if opts.z_loss is not None:
+        loss = loss + _z_loss_term(x, mask, axes, opts.z_loss)
+    if ignored is not None:
+        loss = jnp.where(ignored, zero, loss)
+    return loss

@@ -10,6 +10,8 @@ returns NaN.
 ``jaxce.torch`` does not import PyTorch.
 """
 
+from jaxce.torch._cross_entropy import cross_entropy as cross_entropy
+from jaxce.torch._cross_entropy import nll_loss as nll_loss
 from jaxce.torch._reduction import REDUCTIONS as REDUCTIONS
 
-__all__ = ["REDUCTIONS"]
+__all__ = ["REDUCTIONS", "cross_entropy", "nll_loss"]

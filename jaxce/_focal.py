@@ -1,0 +1,298 @@
+r"""Losses that reweight the softmax cross-entropy by the complement probability ``1 - p``:
+PolyLoss (optax ``poly_loss_cross_entropy``) and the multi-class focal loss.
+
+Both need ``q_k = 1 - p_k`` without cancellation. From the shared row pieces
+(:func:`jaxce._primitives.row_parts`: row max ``m``, ``S'`` the sum of ``exp(x - m)`` over all
+classes but one arg-max), a dominant class (the unique arg-max with ``p > 1/2``) has
+``q = S'/(1 + S')`` and ``log q = log S' - log1p(S')``, exact when ``q`` is ``1e-30``; every other
+class has ``p <= 1/2``, where ``1 - p`` and ``log1p(-p)`` lose nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+from jax.typing import ArrayLike
+
+from jaxce._checks import (
+    Axis,
+    canonical_axes,
+    class_weights,
+    float_array,
+    mask_array,
+    same_rank_broadcast,
+)
+from jaxce._primitives import RowParts, row_parts, row_sum, safe_mul
+from jaxce._softmax import _coefficient, _soft_ce_core, _soft_ce_pieces
+from jaxce._validate import (
+    check_nonnegative,
+    check_probabilities,
+    nan_where,
+    negative,
+    outside_unit_interval,
+    targets_checked,
+)
+
+__all__ = ["poly_loss_cross_entropy", "softmax_focal_loss"]
+
+
+def _complement(
+    x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]
+) -> tuple[RowParts, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Row pieces, the dominant-class indicator, ``p``, ``q = 1 - p`` and ``log q``.
+
+    Plain jnp (differentiable by JAX with the right derivatives, also at ``±inf`` logits and
+    masked classes, where ``row_parts`` keeps every intermediate finite or exactly ``-inf``).
+    """
+    parts = row_parts(x, where, axes)
+    dominant = parts.top & (parts.n_top == 1.0) & (parts.s1 < 1.0)
+    one_plus = 1.0 + parts.s1
+    p = parts.e / one_plus
+    q = jnp.where(dominant, parts.s1 / one_plus, 1.0 - p)
+    # log S' of a non-dominant row is never selected; keep it finite for the unselected branch.
+    s1 = jnp.where(dominant, parts.s1, jnp.ones((), x.dtype))
+    log_q = jnp.where(dominant, jnp.log(s1) - jnp.log1p(s1), jnp.log1p(-p))
+    return parts, dominant, p, q, log_q
+
+
+# --------------------------------------------------------------------------------------------
+# PolyLoss
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _poly_core(
+    x: jax.Array,
+    t: jax.Array,
+    mask: jax.Array | None,
+    eps: jax.Array,
+    axes: tuple[int, ...],
+    check_targets: bool,
+) -> jax.Array:
+    if check_targets:
+        t = nan_where(outside_unit_interval(t), t)
+    ce = _soft_ce_core(x, t, mask, axes, False)
+    _, _, _, q, _ = _complement(x, mask, axes)
+    tm = t if mask is None else jnp.where(mask, t, jnp.zeros((), x.dtype))
+    return ce + eps * row_sum(tm * q, axes)
+
+
+def poly_loss_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    epsilon: ArrayLike = 2.0,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""PolyLoss (Poly-1): cross-entropy plus ε times the expected complement probability.
+
+    .. math::
+       \ell = -\sum_k t_k \log p_k + \varepsilon \sum_k t_k (1 - p_k),
+       \qquad p = \operatorname{softmax}(x)
+
+    (optax 0.2.8's ``poly_loss_cross_entropy``; for one-hot labels the Poly-1 form
+    :math:`-\log p_y + \varepsilon(1 - p_y)` of Leng et al.)
+
+    **Stable form.** The cross-entropy is the stable soft-label core of
+    :func:`jaxce.softmax_cross_entropy`; ``1 - p_k`` is ``S'/(1+S')`` for a dominant class
+    (see the module docstring), so a confident correct prediction with ``1 - p_y = 1e-30``
+    gives ``(1 + ε)·1e-30``, not 0. Gradients follow by JAX's chain rule through plain jnp
+    pieces that stay finite at ``±inf`` logits and masked classes.
+
+    Known limit: for ε close to -1 the loss of a confident correct prediction is
+    :math:`-\log(1-q) - q \approx q^2/2`, the difference of two nearly equal terms; its
+    relative accuracy is then about ``u / q`` (the other ε are unaffected).
+
+    =====================================================  =================  =================
+    case                                                   value              gradient
+    =====================================================  =================  =================
+    confident correct, ``1 - p_y = 1e-30``                 ``(1+ε)·1e-30``    exact
+    zero target on a ``-inf`` logit                        term is 0          0 (optax: NaN)
+    positive target on a ``-inf`` logit                    ``+inf``           finite
+    ``+inf`` logit(s)                                      they share p       finite
+    all classes masked / masked class                      0 / excluded       0
+    NaN logit                                              NaN (that row)     NaN (that row)
+    label outside ``[0, 1]`` (see :func:`jaxce.checked`)   NaN (jit) / error  NaN
+    =====================================================  =================  =================
+
+    Args:
+      logits: ``[..., num_classes]``.
+      labels: target probabilities, same rank as ``logits`` and broadcastable to it.
+      epsilon: the coefficient ε of the first polynomial term (any real scalar; 2 for
+        ImageNet, -1 for detection in the paper).
+      axis: class axis or tuple of axes.
+      where: optional boolean mask, ``logits``' shape or its batch shape.
+
+    Returns:
+      Per-example loss, float32 for 16-bit logits.
+
+    >>> import jax.numpy as jnp, jaxce
+    >>> logits = jnp.array([[4.0, 2.0, 1.0], [0.0, 5.0, 1.0]])
+    >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.8, 0.2]])
+    >>> jaxce.poly_loss_cross_entropy(logits, labels).round(4).tolist()
+    [0.4823, 1.2567]
+
+    References:
+      Leng et al., *PolyLoss*, ICLR 2022; optax ``poly_loss_cross_entropy``; optax #896.
+    """
+    x = float_array("logits", logits)
+    axes = canonical_axes(axis, x.ndim)
+    t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
+    mask = mask_array(where, tuple(x.shape), axes)
+    eps = jnp.asarray(epsilon)
+    if eps.ndim != 0 or not (
+        jnp.issubdtype(eps.dtype, jnp.floating) or jnp.issubdtype(eps.dtype, jnp.integer)
+    ):
+        raise TypeError(
+            f"`epsilon` must be a real scalar; got dtype {eps.dtype}, shape {tuple(eps.shape)}."
+        )
+    check_probabilities("labels", t, mask)
+    return _poly_core(x, t, mask, eps.astype(x.dtype), axes, targets_checked())
+
+
+# --------------------------------------------------------------------------------------------
+# Focal loss
+# --------------------------------------------------------------------------------------------
+
+
+def _focal_pieces(x, a, gamma, where, axes):
+    """Value, gradient wrt logits, wrt the weighted labels ``a`` and wrt ``gamma``.
+
+    With ``c_k = q_k^γ (1 + γ p_k h_k)``, ``h_k = -log p_k / q_k`` (-> 1 as q_k -> 0):
+    d/dx_j = p_j Σ_k a_k c_k - a_j c_j, written for the dominant class as
+    p_j Σ_{k≠j} a_k c_k - a_j c_j q_j (no cancellation when 1 - p_j is tiny). Every factor is
+    finite for γ >= 0, also where q^(γ-1) alone would be infinite.
+    """
+    parts, dominant, p, q, log_q = _complement(x, where, axes)
+    zero, one = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
+    am = a if where is None else jnp.where(where, a, zero)
+    mod = jnp.exp(safe_mul(gamma, log_q))  # (1 - p)^γ; exactly 1 for γ = 0 (0·(-inf) = 0)
+    eff = am * mod
+    # The value is the soft-label core with labels a_k (1 - p_k)^γ: for γ = 0 it is the
+    # (weighted) cross-entropy bit for bit.
+    value = _soft_ce_pieces(x, eff, where, axes)[0]
+    nlp = jnp.log1p(parts.s1) - parts.shifted
+    h = jnp.where(q == 0, one, nlp / jnp.where(q == 0, one, q))
+    c = mod * (1.0 + gamma * safe_mul(p, h))
+    ac = am * c
+    total = row_sum(ac, axes, keepdims=True)
+    rest = row_sum(jnp.where(dominant, zero, ac), axes, keepdims=True)
+    grad_x = jnp.where(dominant, p * rest - ac * q, p * total - ac)
+    absent = (am == 0) & (parts.e == 0)
+    if where is not None:
+        absent = absent | ~where
+    grad_a = jnp.where(absent, zero, mod * nlp)
+    grad_gamma = row_sum(safe_mul(safe_mul(eff, nlp), log_q), axes)
+    return value, grad_x, grad_a, grad_gamma
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _focal(x, a, gamma, where, axes):
+    return _focal_pieces(x, a, gamma, where, axes)[0]
+
+
+@functools.partial(_focal.defjvp, symbolic_zeros=True)
+def _focal_jvp(axes, primals, tangents):
+    x, a, gamma, where = primals
+    x_dot, a_dot, gamma_dot, _ = tangents
+    value, grad_x, grad_a, grad_gamma = _focal_pieces(x, a, gamma, where, axes)
+    tangent = jnp.zeros_like(value)
+    if not isinstance(x_dot, SymbolicZero):
+        tangent = tangent + jnp.sum(grad_x * x_dot, axis=axes)
+    if not isinstance(a_dot, SymbolicZero):
+        tangent = tangent + jnp.sum(grad_a * a_dot, axis=axes)
+    if not isinstance(gamma_dot, SymbolicZero):
+        tangent = tangent + grad_gamma * gamma_dot
+    return value, tangent
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _focal_core(x, t, alpha, gamma, mask, axes, check_targets):
+    if check_targets:
+        t = nan_where(outside_unit_interval(t), t)
+    a = t if alpha is None else nan_where(negative(alpha), alpha) * t
+    return _focal(x, a, gamma, mask, axes)
+
+
+def softmax_focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: ArrayLike = 2.0,
+    alpha: ArrayLike | None = None,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Multi-class (softmax) focal loss, computed in log space without clipping.
+
+    .. math::
+       \ell = -\sum_k \alpha_k\, t_k\, (1 - p_k)^{\gamma} \log p_k,
+       \qquad p = \operatorname{softmax}(x)
+
+    **Stable form.** :math:`(1-p_k)^\gamma = \exp(\gamma \log(1 - p_k))` with
+    :math:`\log(1 - p_k)` from the row pieces (``log S' - log1p(S')`` for a dominant class,
+    ``log1p(-p_k)`` otherwise: no cancellation), and :math:`-\log p_k` from the stable
+    soft-label core. The gradient is a custom rule,
+    :math:`\partial\ell/\partial x_j = p_j \sum_k a_k c_k - a_j c_j` with
+    :math:`a = \alpha t`, :math:`c_k = q_k^\gamma (1 + \gamma\, p_k (-\log p_k)/q_k)`, finite for
+    every :math:`\gamma \ge 0` (the factor :math:`q^{\gamma-1}` of the naive chain rule is
+    infinite at :math:`q = 0` for :math:`\gamma < 1`; optax #1267 is the binary analogue).
+    ``γ = 0`` gives the (α-weighted) cross-entropy exactly.
+
+    Keras' ``CategoricalFocalCrossentropy`` clips probabilities to ``[1e-7, 1 - 1e-7]``: its
+    loss for a confident correct prediction never drops below
+    :math:`-(10^{-7})^{\gamma}\log(1 - 10^{-7})`, about ``1e-21`` for γ = 2, and its gradient
+    there is 0; here the loss of ``1 - p_y = 1e-10`` is ``1e-30`` with its exact gradient.
+
+    =====================================================  =================  =================
+    case                                                   value              gradient
+    =====================================================  =================  =================
+    confident correct, ``1 - p_y = q`` tiny                ``α q^(γ+1)``      exact, finite
+    target the only ``+inf`` logit                         0                  0
+    zero target on a ``-inf`` logit                        term is 0          0
+    positive target on a ``-inf`` logit                    ``+inf``           finite
+    all classes masked / masked class                      0 / excluded       0
+    NaN logit                                              NaN (that row)     NaN (that row)
+    ``gamma < 0``, negative ``alpha``, label outside       NaN (jit) / error  NaN
+    ``[0, 1]`` (see :func:`jaxce.checked`)
+    =====================================================  =================  =================
+
+    Args:
+      logits: ``[..., num_classes]``.
+      labels: target probabilities (e.g. one-hot), same rank as ``logits``, broadcastable.
+      gamma: focusing parameter γ ``>= 0`` (a scalar); 0 gives the cross-entropy.
+      alpha: optional class balance: a scalar or one weight per class (``>= 0``).
+      axis: class axis or tuple of axes.
+      where: optional boolean mask, ``logits``' shape or its batch shape.
+
+    Returns:
+      Per-example loss, float32 for 16-bit logits.
+
+    >>> import jax.numpy as jnp, jaxce
+    >>> logits = jnp.array([[25.0, 2.0, 0.0], [0.0, 1.0, 2.0]])
+    >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> jaxce.softmax_focal_loss(logits, labels, gamma=2.0).tolist()  # doctest: +ELLIPSIS
+    [1.58...e-30, 0.80...]
+
+    References:
+      Lin et al., *Focal Loss for Dense Object Detection*, 2017; optax #1267.
+    """
+    x = float_array("logits", logits)
+    axes = canonical_axes(axis, x.ndim)
+    t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
+    mask = mask_array(where, tuple(x.shape), axes)
+    g = _coefficient("gamma", gamma, x.dtype, None)
+    a = None
+    if alpha is not None:
+        raw = float_array("alpha", alpha)
+        if raw.ndim == 0:
+            a = raw.astype(x.dtype)
+        else:
+            a = class_weights("alpha", raw, tuple(x.shape), axes, x.dtype)
+        check_nonnegative("alpha", raw)
+    check_probabilities("labels", t, mask)
+    return _focal_core(x, t, a, g, mask, axes, targets_checked())
