@@ -48,7 +48,7 @@ def _complement(
     masked classes, where ``row_parts`` keeps every intermediate finite or exactly ``-inf``).
     """
     parts = row_parts(x, where, axes)
-    dominant = parts.top & (parts.n_top == 1.0) & (parts.s1 < 1.0)
+    dominant = parts.top & (parts.s1 < 1.0)  # S' < 1: a unique arg-max
     one_plus = 1.0 + parts.s1
     p = parts.e / one_plus
     q = jnp.where(dominant, parts.s1 / one_plus, 1.0 - p)

@@ -247,9 +247,108 @@ def _combine(
 _LANES = 16
 
 
-def _compensated_reduce(s: jax.Array, c: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    zero = jnp.zeros((), s.dtype)
-    return jax.lax.reduce((s, c), (zero, zero), _combine, (axis,))
+def _compensated_reduce(
+    pairs: tuple[tuple[jax.Array, jax.Array], ...], axis: int
+) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    zero = jnp.zeros((), pairs[0][0].dtype)
+    flat = tuple(a for pair in pairs for a in pair)
+
+    def combine(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        out: list[jax.Array] = []
+        for i in range(0, len(a), 2):
+            out.extend(_combine((a[i], a[i + 1]), (b[i], b[i + 1])))
+        return tuple(out)
+
+    res = jax.lax.reduce(flat, (zero,) * len(flat), combine, (axis,))
+    return tuple((res[i], res[i + 1]) for i in range(0, len(res), 2))
+
+
+def _pairs_value(
+    arrays: tuple[jax.Array, ...], axes: tuple[int, ...], keepdims: bool
+) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """Compensated sums of same-shaped arrays in one reduction (one pass over each)."""
+    nd = arrays[0].ndim
+    axes = tuple(sorted(ax % nd for ax in axes))
+    batch = tuple(ax for ax in range(nd) if ax not in axes)
+    n_lead = len(batch)
+
+    def flatten(a: jax.Array) -> jax.Array:
+        if axes != tuple(range(nd - len(axes), nd)):
+            a = a.transpose(batch + axes)
+        return a.reshape((*a.shape[:n_lead], math.prod(a.shape[n_lead:])))
+
+    pairs = tuple((flatten(a), jnp.zeros_like(flatten(a))) for a in arrays)
+    lead = pairs[0][0].shape[:n_lead]
+    for _ in range(2):
+        n = pairs[0][0].shape[-1]
+        if n < 4 * _LANES:
+            break
+        pad = (-n) % _LANES
+        shape = (*lead, _LANES, (n + pad) // _LANES)
+        widths = [(0, 0)] * n_lead + [(0, pad)]
+        pairs = tuple(
+            tuple((jnp.pad(a, widths) if pad else a).reshape(shape) for a in pair)  # type: ignore[misc]
+            for pair in pairs
+        )
+        pairs = _compensated_reduce(pairs, n_lead)
+    pairs = _compensated_reduce(pairs, n_lead)
+    if keepdims:
+        pairs = tuple((jnp.expand_dims(s, axes), jnp.expand_dims(c, axes)) for s, c in pairs)
+    return pairs
+
+
+def _pair_value(a: jax.Array, axes: tuple[int, ...], keepdims: bool) -> tuple[jax.Array, jax.Array]:
+    return _pairs_value((a,), axes, keepdims)[0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def row_sum_pairs(
+    arrays: tuple[jax.Array, ...], axes: tuple[int, ...], keepdims: bool = False
+) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """:func:`row_sum_pair` of several same-shaped arrays in one reduction (a single pass).
+
+    Returns one ``(s, c)`` pair per array; derivative ``(sum of tangents, 0)`` for each.
+    """
+    return _pairs_value(tuple(arrays), axes, keepdims)
+
+
+@row_sum_pairs.defjvp
+def _row_sum_pairs_jvp(axes: tuple[int, ...], keepdims: bool, primals, tangents):
+    (arrays,), (dots,) = primals, tangents
+    pairs = row_sum_pairs(arrays, axes, keepdims)
+    out_dots = tuple(
+        (jnp.sum(d, axis=axes, keepdims=keepdims), jnp.zeros_like(c))
+        for d, (_, c) in zip(dots, pairs, strict=True)
+    )
+    return pairs, out_dots
+
+
+def pair_total(s: jax.Array, c: jax.Array) -> jax.Array:
+    """``s + c`` of a compensated pair; a non-finite ``s`` (its ``c`` is NaN) stays as it is."""
+    return jnp.where(jnp.isfinite(s), s + c, s)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def row_sum_pair(
+    a: jax.Array, axes: tuple[int, ...], keepdims: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """The compensated sum of :func:`row_sum` as an unevaluated pair ``(s, c)``.
+
+    ``s`` is the running floating-point sum and ``c`` the accumulated rounding error: the sum is
+    ``s + c`` up to ``O(u^2)`` relative to the sum of absolute values. Keeping the pair lets a
+    caller remove a known exact part first, e.g. ``S' = (s - 1) + c`` for the sum of
+    ``exp(x - m)`` over a row, which contains exactly 1 for the arg-max: ``s - 1`` is exact
+    (Sterbenz, or ``s >= 2``), and ``S'`` keeps its relative precision even when it is
+    ``1e-30``. A non-finite ``s`` comes with a NaN ``c``. Derivative: ``(sum of tangents, 0)``.
+    """
+    return _pair_value(a, axes, keepdims)
+
+
+@row_sum_pair.defjvp
+def _row_sum_pair_jvp(axes: tuple[int, ...], keepdims: bool, primals, tangents):
+    (a,), (a_dot,) = primals, tangents
+    s, c = row_sum_pair(a, axes, keepdims)
+    return (s, c), (jnp.sum(a_dot, axis=axes, keepdims=keepdims), jnp.zeros_like(c))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
@@ -268,34 +367,75 @@ def row_sum(a: jax.Array, axes: tuple[int, ...], keepdims: bool = False) -> jax.
     Used for every sum that forms a value (the label total ``T``, ``S'``, the losses' sums);
     derivatives are plain sums (the tangent of a sum is the sum of the tangents).
     """
-    nd = a.ndim
-    axes = tuple(sorted(ax % nd for ax in axes))
-    batch = tuple(ax for ax in range(nd) if ax not in axes)
-    if axes != tuple(range(nd - len(axes), nd)):
-        a = a.transpose(batch + axes)
-    lead = a.shape[: len(batch)]
-    s = a.reshape((*lead, math.prod(a.shape[len(batch) :])))
-    c = jnp.zeros_like(s)
-    for _ in range(2):
-        n = s.shape[-1]
-        if n < 4 * _LANES:
-            break
-        pad = (-n) % _LANES
-        if pad:
-            widths = [(0, 0)] * len(lead) + [(0, pad)]
-            s, c = jnp.pad(s, widths), jnp.pad(c, widths)
-        shape = (*lead, _LANES, (n + pad) // _LANES)
-        s, c = _compensated_reduce(s.reshape(shape), c.reshape(shape), len(lead))
-    s, c = _compensated_reduce(s, c, len(lead))
+    s, c = _pair_value(a, axes, keepdims)
     # A non-finite sum (an inf or NaN term) stays as it is: its error terms are NaN.
-    out = jnp.where(jnp.isfinite(s), s + c, s)
-    return jnp.expand_dims(out, axes) if keepdims else out
+    return jnp.where(jnp.isfinite(s), s + c, s)
 
 
 @row_sum.defjvp
 def _row_sum_jvp(axes: tuple[int, ...], keepdims: bool, primals, tangents):
     (a,), (a_dot,) = primals, tangents
     return row_sum(a, axes, keepdims), jnp.sum(a_dot, axis=axes, keepdims=keepdims)
+
+
+def shift_by_max(xm: jax.Array, m: jax.Array, *, again: bool = False) -> jax.Array:
+    """``xm - m`` for a row maximum ``m`` (broadcastable), without ``inf - inf``.
+
+    An empty row (``m = -inf``) shifts by 0, so every entry stays ``-inf``; a ``+inf`` row maps
+    its ``+inf`` entries to 0 and the rest to ``-inf`` (they share the probability); a NaN row
+    shifts by 0 (its NaN entries stay NaN). Elsewhere ``x - m``, exact at the arg-max. Only
+    row-level conditions: inside a fused elementwise pass this costs a few selects, no memory.
+
+    ``again=True`` gives the same values (``-(m - x) == x - m`` in IEEE arithmetic; only the
+    sign of a zero differs, and ``exp`` maps both to 1) written differently, for a second
+    elementwise pass that should recompute ``exp(x - m)`` from the logits: XLA would otherwise
+    merge the two expressions into one
+    array stored in memory between a reduction and the gradient, which costs more than the
+    exponential on every backend measured (``benchmarks/README.md``).
+    """
+    zero = jnp.zeros((), xm.dtype)
+    m_shift = jnp.where(jnp.isfinite(m), m, zero)
+    inf_row = jnp.where(xm == jnp.inf, zero, jnp.array(-jnp.inf, xm.dtype))
+    shifted = -(m_shift - xm) if again else xm - m_shift
+    return jnp.where(m == jnp.inf, inf_row, shifted)
+
+
+def recompute_exp() -> bool:
+    """Whether a gradient pass recomputes ``exp(x - m)`` rather than reading it back stored.
+
+    Off on CPU, where the exponential costs more than a pass over memory (XLA:CPU does not fuse
+    an elementwise producer into a row reduction, so the sum's input is stored anyway); on
+    GPU/TPU, where the exponential is free next to the memory traffic, the sum fuses its
+    exponential and the gradient recomputes it: 3 reads + 1 write of ``[B, V]`` instead of
+    4 reads + 2 writes. Both give the same bits. Decided at trace time from the default backend.
+    """
+    return jax.default_backend() != "cpu"
+
+
+def row_max(
+    x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array]:
+    """``(xm, m)``: the masked row (``-inf`` at masked classes) and its max (dims kept)."""
+    xm = x if where is None else jnp.where(where, x, -jnp.inf)
+    return xm, jnp.max(xm, axis=axes, keepdims=True, initial=-jnp.inf)
+
+
+def mass_beyond_top(e: jax.Array, m: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """``S'``: the sum of ``e = exp(shift_by_max(x, m))`` minus the one arg-max's exact 1.
+
+    One compensated pass over ``e`` (:func:`row_sum_pair`), ``S' = (s - 1) + c``; tied maxima
+    count ``n_top - 1`` as they should, and the tiny ``S'`` of a confident row keeps its
+    relative precision. 0 for empty rows (``m = -inf``), NaN for NaN rows (dims kept).
+    """
+    return mass_from_pair(*row_sum_pair(e, axes, keepdims=True), m)
+
+
+def mass_from_pair(s: jax.Array, c: jax.Array, m: jax.Array) -> jax.Array:
+    """:func:`mass_beyond_top` from the compensated pair ``(s, c)`` of ``e``'s row sum."""
+    zero = jnp.zeros((), s.dtype)
+    s1 = jnp.maximum((s - 1.0) + c, zero)
+    # Empty rows (m = -inf) have s = 0: no mass at all, S' = 0 (not -1).
+    return jnp.where(m == -jnp.inf, zero, s1)
 
 
 class RowParts(NamedTuple):
@@ -317,6 +457,14 @@ class RowParts(NamedTuple):
 
 def row_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> RowParts:
     """Plain jnp code, differentiable to any order with correct derivatives.
+
+    This is the general-purpose form, for code that JAX differentiates through (poly, focal,
+    the information measures, the primitives' rules): ``S'`` leaves the arg-max out with an
+    explicit mask, so its reverse-mode derivative at the arg-max is ``-S'`` exactly. The fast
+    loss cores (integer and soft CE) use :func:`row_max` / :func:`shift_by_max` /
+    :func:`mass_beyond_top` instead, with their own derivative rules: there ``S' = (s - 1) + c``
+    is exact in value, but the reverse-mode derivative of that form at the arg-max would be
+    ``1 - (1 + S')``, which rounds a tiny ``S'`` away.
 
     The shift keeps its true derivative (no ``stop_gradient``): ``jnp.max`` spreads its tangent
     evenly over tied maxima, and with that the tangent of ``S'`` (which drops the arg-max terms)
@@ -396,6 +544,8 @@ def _log_softmax_jvp(axes: tuple[int, ...], primals, tangents):
     parts = row_parts(x, where, axes)
     p = parts.e / (1.0 + parts.s1)
     t = x_dot - jnp.sum(p * x_dot, axis=axes, keepdims=True)
+    # An empty row is constant -inf: derivative 0, not the identity (NaN rows stay NaN).
+    t = jnp.where(parts.m == -jnp.inf, jnp.zeros((), t.dtype), t)
     if where is not None:
         t = jnp.where(where, t, jnp.zeros((), t.dtype))
     return _log_softmax_value(parts), t

@@ -27,7 +27,17 @@ from jaxce._checks import (
     mask_array,
     same_rank_broadcast,
 )
-from jaxce._primitives import lse_minus, row_parts, row_sum, safe_mul, softplus
+from jaxce._primitives import (
+    lse_minus,
+    mass_beyond_top,
+    mass_from_pair,
+    pair_total,
+    recompute_exp,
+    row_max,
+    row_sum_pairs,
+    safe_mul,
+    shift_by_max,
+)
 from jaxce._transforms import scale_logits
 from jaxce._validate import (
     _report,
@@ -53,31 +63,51 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _soft_ce_pieces(x, t, where, axes):
+def _soft_ce_pieces(x, t, where, axes, check_targets=False):
     """Value, gradient wrt logits and gradient wrt labels of the soft-label cross-entropy.
 
-    value = sum_k t_k (m - x_k) + T log1p(S'): every term is >= 0, nothing cancels.
+    value = sum_k t_k (m - x_k) + T log1p(S'): every term is >= 0, nothing cancels. A term
+    whose ``m - x_k`` overflows (logits spanning more than the dtype's max) is computed as
+    ``(2 t_k) (m/2 - x_k/2)``, exact scaling, so the loss is finite whenever it is.
     grad_x = T p - t, except at a unique arg-max, where (T - t_j) - T S'/(1 + S') keeps the
-    small 1 - p_j exact (``shared/NUMERICS.md``, the min(...) term of kappa).
+    small 1 - p_j exact (``shared/NUMERICS.md``, the min(...) term of kappa); the complement
+    mass T - t_j comes from the compensated label total ``(s, c)`` as ``(s - t_j) + c``, with
+    ``s - t_j`` exact when it is small (Sterbenz), evaluated in the gradient's elementwise pass.
     grad_t = -log p, 0 for absent classes (zero target and zero probability) and masked ones.
+    With ``check_targets`` a label outside [0, 1] makes the row's value and grad_x NaN.
     All of it is plain jnp code whose own derivatives are right, so JAX can differentiate the
     rule again for Hessians.
     """
-    parts = row_parts(x, where, axes)
     zero = jnp.zeros((), x.dtype)
+    xm, m = row_max(x, where, axes)
+    shifted = shift_by_max(xm, m)
+    e = jnp.exp(shifted)
     tm = t if where is None else jnp.where(where, t, zero)
-    # The dominant class (unique arg-max with p > 1/2, i.e. S' < 1) gets its own form below;
-    # its complement mass T - t_j is summed directly, never formed as the difference T - t_j.
-    dominant = parts.top & (parts.n_top == 1.0) & (parts.s1 < 1.0)
-    t_rest = row_sum(jnp.where(dominant, zero, tm), axes, keepdims=True)
-    total = t_rest + jnp.sum(jnp.where(dominant, tm, zero), axis=axes, keepdims=True)
-    log_norm = jnp.log1p(parts.s1)
-    neg_log_p = log_norm - parts.shifted
-    value = row_sum(safe_mul(tm, -parts.shifted), axes) + jnp.squeeze(total * log_norm, axes)
-    one_plus = 1.0 + parts.s1
-    p = parts.e / one_plus
-    grad_x = jnp.where(dominant, t_rest - total * (parts.s1 / one_plus), total * p - tm)
-    absent = (tm == 0) & (parts.e == 0)
+    # A label outside [0, 1] makes its example NaN (masked classes are dropped anyway): a NaN
+    # label total spreads to the value and the whole row's gradient. Inside the sum's input,
+    # the check costs no pass of its own.
+    t_in = nan_where(outside_unit_interval(tm), tm) if check_targets else tm
+    # m - x_k (= -shifted), or half of it where it overflows for finite m and x_k.
+    gap = -shifted
+    halve = (gap == jnp.inf) & jnp.isfinite(xm) & jnp.isfinite(m)
+    gap = jnp.where(halve, 0.5 * m - 0.5 * xm, gap)
+    coef = jnp.where(halve, 2.0 * tm, tm)
+    # The three row sums (S', the label total T, the value's terms) in one compensated pass.
+    e_pair, t_pair, v_pair = row_sum_pairs((e, t_in, safe_mul(coef, gap)), axes, keepdims=True)
+    s1 = mass_from_pair(*e_pair, m)
+    # The dominant class (unique arg-max with p > 1/2, i.e. S' < 1) gets its own form below.
+    dominant = (shifted == 0) & (s1 < 1.0)
+    t_sum, t_err = t_pair
+    total = pair_total(t_sum, t_err)
+    # T - t_j at the dominant class j, elementwise (no reduction): read where it is used.
+    t_rest = (t_sum - tm) + t_err
+    log_norm = jnp.log1p(s1)
+    value = jnp.squeeze(pair_total(*v_pair) + total * log_norm, axes)
+    one_plus = 1.0 + s1
+    p = e / one_plus
+    grad_x = jnp.where(dominant, t_rest - total * (s1 / one_plus), total * p - tm)
+    neg_log_p = log_norm - shifted
+    absent = (tm == 0) & (e == 0)
     if where is not None:
         absent = absent | ~where
     grad_t = jnp.where(absent, jnp.zeros((), x.dtype), neg_log_p)
@@ -86,22 +116,19 @@ def _soft_ce_pieces(x, t, where, axes):
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _soft_ce_core(x, t, where, axes, check_targets=True):
-    if check_targets:
-        # A label outside [0, 1] makes its example NaN (masked classes are dropped anyway).
-        t = nan_where(outside_unit_interval(t), t)
-    return _soft_ce(x, t, where, axes)
+    return _soft_ce(x, t, where, axes, check_targets)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _soft_ce(x, t, where, axes):
-    return _soft_ce_pieces(x, t, where, axes)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _soft_ce(x, t, where, axes, check_targets):
+    return _soft_ce_pieces(x, t, where, axes, check_targets)[0]
 
 
 @functools.partial(_soft_ce.defjvp, symbolic_zeros=True)
-def _soft_ce_jvp(axes, primals, tangents):
+def _soft_ce_jvp(axes, check_targets, primals, tangents):
     x, t, where = primals
     x_dot, t_dot, _ = tangents
-    value, grad_x, grad_t = _soft_ce_pieces(x, t, where, axes)
+    value, grad_x, grad_t = _soft_ce_pieces(x, t, where, axes, check_targets)
     tangent = jnp.zeros_like(value)
     # Symbolic zeros let us skip a term entirely: grad_t is +inf where a positive target sits
     # on a zero-probability class, and 0 * inf would turn a plain d/dlogits into NaN.
@@ -394,22 +421,78 @@ def _integer_ce_core(
     x: jax.Array, y: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
 ) -> jax.Array:
     x, mask = _classes_last(x, mask, axes)
+    return _integer_ce(x, y, mask)
+
+
+def _integer_ce_pieces(
+    x: jax.Array, y: jax.Array, mask: jax.Array | None, with_grad: bool
+) -> tuple[jax.Array, jax.Array | None]:
+    """Value ``[B]`` and (optionally) gradient ``[B, V]`` of the integer-label cross-entropy.
+
+    Two passes over the logits for the value (the row max; one compensated sum of
+    ``exp(x - m)``, :func:`jaxce._primitives.mass_beyond_top`), one elementwise pass for the
+    gradient; the target logit is gathered. With ``m`` the row max and ``S'`` the mass beyond
+    one arg-max, ``loss = (m - x_y) + log1p(S')``: both terms >= 0, and when the label is the
+    arg-max it is ``log1p(S')`` to full relative precision. This equals
+    ``softplus(lse_{k != y} - x_y)`` of ``shared/NUMERICS.md``. Gradient ``p_k = e_k / (1 + S')``
+    for ``k != y``; at ``y``: ``-S' / (1 + S')`` (that is ``-(1 - p_y)``, exact) when ``x_y``
+    is the max, else ``p_y - 1`` with ``p_y < 1/2`` (no cancellation). Empty, ``+inf``, NaN,
+    masked-label and bad-label rows are settled by row-level selects.
+    """
+    dtype = x.dtype
+    zero = jnp.zeros((), dtype)
+    inf = jnp.array(jnp.inf, dtype)
+    nan = jnp.array(jnp.nan, dtype)
     num_classes = x.shape[-1]
+    axes = (x.ndim - 1,)
 
     y = y[..., None]
-    is_y = lax.broadcasted_iota(y.dtype, x.shape, x.ndim - 1) == y
     valid = (y >= 0) & (y < num_classes)
-    # The target logit without a gather (a masked sum fuses with the row reduction); an
-    # out-of-range label gets NaN, so that example is NaN in value and gradient.
-    x_y = jnp.sum(jnp.where(is_y, x, jnp.zeros((), x.dtype)), axis=-1, keepdims=True)
-    x_y = jnp.where(valid, x_y, jnp.array(jnp.nan, x.dtype))
-    others = ~is_y if mask is None else mask & ~is_y
-    z = lse_minus(x, x_y, others, (x.ndim - 1,))
-    if mask is not None:
-        # Target class masked (or the whole row): the example has no target mass left.
-        kept = jnp.any(mask & is_y, axis=-1, keepdims=True) | ~valid
-        z = jnp.where(kept, z, jnp.array(-jnp.inf, x.dtype))
-    return softplus(z)[..., 0]
+    y_safe = jnp.clip(y, 0, num_classes - 1)
+    x_y = jnp.take_along_axis(x, y_safe, axis=-1)  # [B, 1]
+    kept = valid if mask is None else valid & jnp.take_along_axis(mask, y_safe, axis=-1)
+
+    xm, m = row_max(x, mask, axes)
+    s1 = mass_beyond_top(jnp.exp(shift_by_max(xm, m)), m, axes)
+    log_norm = jnp.log1p(s1)
+    at_top = x_y == m
+    # m - x_y without inf - inf: 0 for the arg-max (also a +inf one), +inf for a -inf target
+    # logit (also in an empty row: the target has probability 0).
+    gap = jnp.where(at_top, zero, m - x_y)
+    gap = jnp.where(x_y == -jnp.inf, inf, gap)
+    loss = gap + log_norm
+    # Masked target class: nothing to learn from the example (0), unless a NaN logit is left
+    # in the row, which makes it NaN as any other NaN does. A bad label: NaN.
+    loss = jnp.where(kept, loss, jnp.where(jnp.isnan(m), nan, zero))
+    loss = jnp.where(valid, loss, nan)[..., 0]
+    if not with_grad:
+        return loss, None
+
+    inv = 1.0 / (1.0 + s1)
+    e_y = jnp.exp(shift_by_max(x_y, m))
+    dominant = at_top & (m > -jnp.inf)
+    g_y = jnp.where(dominant, -s1 * inv, e_y * inv - 1.0)
+    is_y = lax.broadcasted_iota(y.dtype, x.shape, x.ndim - 1) == y_safe
+    p = jnp.exp(shift_by_max(xm, m, again=recompute_exp())) * inv
+    grad = jnp.where(is_y, g_y, p)
+    live = kept | jnp.isnan(m)
+    grad = jnp.where(live, grad, zero)
+    grad = jnp.where(valid, grad, nan)
+    return loss, grad
+
+
+@jax.custom_jvp
+def _integer_ce(x: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return _integer_ce_pieces(x, y, mask, with_grad=False)[0]
+
+
+@_integer_ce.defjvp
+def _integer_ce_jvp(primals, tangents):
+    x, y, mask = primals
+    x_dot = tangents[0]
+    value, grad = _integer_ce_pieces(x, y, mask, with_grad=True)
+    assert grad is not None
+    return value, jnp.sum(grad * x_dot, axis=-1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -260,3 +260,75 @@ def test_primitive_dtype(fn, dtype):
 
 def test_primitives_accept_integers_like_jax_nn():
     np.testing.assert_allclose(jaxce.softplus(jnp.arange(3)), jax.nn.softplus(jnp.arange(3.0)))
+
+
+# --------------------------------------------------------------------------------------------
+# Speed work (issue 4): compensated pairs, S' without an arg-max mask, pass counts
+# --------------------------------------------------------------------------------------------
+
+
+def test_row_sum_pairs_match_row_sum_in_one_reduction():
+    from jaxce._primitives import pair_total, row_sum, row_sum_pairs
+
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.exponential(size=(3, 1000)).astype(np.float32))
+    b = jnp.asarray(rng.normal(size=(3, 1000)).astype(np.float32))
+    (pa, pb) = jax.jit(lambda a, b: row_sum_pairs((a, b), (1,)))(a, b)
+    np.testing.assert_array_equal(pair_total(*pa), row_sum(a, (1,)))
+    np.testing.assert_array_equal(pair_total(*pb), row_sum(b, (1,)))
+    exact = np.sum(np.asarray(b, np.float64), axis=1)
+    np.testing.assert_allclose(np.asarray(pair_total(*pb), np.float64), exact, rtol=2**-23)
+    # One variadic reduction stage over the full-size arrays, not one per array.
+    hlo = jax.jit(lambda a, b: row_sum_pairs((a, b), (1,))).lower(a, b).as_text()
+    assert hlo.count("stablehlo.reduce") == 2  # one 16-lane stage (V = 1000), then the rest
+
+
+def test_mass_beyond_top_keeps_tiny_mass_and_counts_ties():
+    from jaxce._primitives import mass_beyond_top, row_max, shift_by_max
+
+    x = jnp.array(
+        [
+            [0.0, -70.0, -70.0, -80.0],
+            [2.0, 2.0, 2.0, -jnp.inf],
+            [-jnp.inf] * 4,
+            [jnp.inf, 1, jnp.inf, 0],
+        ]
+    )
+    xm, m = row_max(x, None, (1,))
+    s1 = np.asarray(mass_beyond_top(jnp.exp(shift_by_max(xm, m)), m, (1,)))[:, 0]
+    exact = 2 * math.exp(-70.0) + math.exp(-80.0)
+    assert abs(s1[0] - exact) <= 2 * 2**-24 * exact  # not 0 (1 + S' rounds to 1)
+    assert s1[1] == 2.0  # three tied maxima: n_top - 1
+    assert s1[2] == 0.0  # empty row
+    assert s1[3] == 1.0  # two +inf entries
+
+
+def test_shift_by_max_again_gives_the_same_bits():
+    from jaxce._primitives import shift_by_max
+
+    x = jnp.array([[1e30, -3e38, 0.5, -jnp.inf], [jnp.inf, 3.0, jnp.inf, -jnp.inf]])
+    m = jnp.max(x, axis=1, keepdims=True)
+    a = np.asarray(shift_by_max(x, m))
+    b = np.asarray(shift_by_max(x, m, again=True))
+    np.testing.assert_array_equal(a, b)  # equal values (0 at the max may be -0)
+    ea, eb = np.exp(a), np.exp(b)
+    np.testing.assert_array_equal(ea.view(np.uint32), eb.view(np.uint32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_integer_ce_value_and_grad_passes_and_temp_memory(dtype):
+    """Issue 4: the integer-label CE reads the logits in 3 passes (max, sum, gradient) and
+    writes only the gradient: no one-hot and no [B, V] float temporary beyond what the
+    backend keeps (CPU stores exp(x - m) once; a 16-bit input its float32 upcast)."""
+    B, V = 64, 512
+    x = jnp.zeros((B, V), dtype)
+    y = jnp.zeros((B,), jnp.int32)
+    f = jax.value_and_grad(lambda x, y: jaxce.softmax_cross_entropy_with_integer_labels(x, y).sum())
+    compiled = jax.jit(f).lower(x, y).compile()
+    full = B * V * 4
+    allowed = {"float32": 1, "bfloat16": 2}[dtype] * full
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert temp <= allowed + full // 4, (temp, allowed)
+    text = compiled.as_text()
+    entry = text[text.index("\nENTRY") :]
+    assert "scatter" not in entry  # the gradient is not a scatter of a one-hot

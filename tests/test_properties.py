@@ -947,14 +947,7 @@ def test_gradient_sums_to_zero(name, dtype, request):
     "name",
     [
         "logsumexp",
-        pytest.param(
-            "log_softmax",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="log_softmax of a row of all -inf (unmasked) has derivative identity, "
-                "not 0 as jaxce/_primitives.py documents for empty rows",
-            ),
-        ),
+        "log_softmax",
         "softmax",
     ],
 )
@@ -1224,28 +1217,10 @@ def test_fuzz_random_bits(name, dtype, request):
 def _known_failures(name: str, inp: Inputs) -> np.ndarray:
     """Rows (batch shape) hit by a known failure pinned by an xfail test, where the fuzz test
     skips the value checks. Remove a clause together with its test's xfail mark once fixed.
-
-    * test_nan_row_with_masked_label: integer labels, a masked label and an unmasked NaN
-      logit give value 0 instead of NaN.
-    * test_soft_ce_logit_range_beyond_max: soft labels, a class with t > 0 whose logit is
-      more than the dtype's max below the row max overflows m - x_k to inf: the loss is +inf
-      where the exact value is finite.
+    (None left: the integer-label NaN-with-masked-label and the soft-label range-overflow
+    failures are fixed.)
     """
     batch = inp.shape[:-1]
-    V = inp.shape[-1]
-    if name == "softmax_cross_entropy_with_integer_labels":
-        mask = inp.mask()
-        valid = (inp.y >= 0) & (inp.y < V)
-        y_on = np.take_along_axis(mask, np.clip(inp.y, 0, V - 1)[..., None], axis=-1)[..., 0]
-        return valid & ~y_on & np.any(mask & np.isnan(inp.x), axis=-1)
-    if name in ("softmax_cross_entropy", "safe_softmax_cross_entropy"):
-        mask = np.ones(inp.shape, bool) if name == "safe_softmax_cross_entropy" else inp.mask()
-        fmax = float(jnp.finfo("float64" if inp.dtype == "float64" else "float32").max)
-        with np.errstate(invalid="ignore", over="ignore"):
-            xm = np.where(mask & np.isfinite(inp.x), inp.x, -np.inf)
-            m = xm.max(axis=-1, keepdims=True)
-            far = mask & (inp.t > 0) & np.isfinite(inp.x) & (m - inp.x > fmax)
-        return np.any(far, axis=-1)
     return np.zeros(batch, bool)
 
 
@@ -1412,12 +1387,6 @@ def test_kl_log_targets_underflowing_target(dtype, request):
     _run(request, case(), check)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="softmax_cross_entropy_with_integer_labels: a masked label with an unmasked NaN "
-    "logit gives value 0 (gradient NaN); the NaN policy, the reference and "
-    "softmax_cross_entropy with the one-hot label all give NaN",
-)
 def test_nan_row_with_masked_label(dtype, request):
     """A NaN logit (unmasked) makes its row NaN, also when the label's class is masked."""
     name = "softmax_cross_entropy_with_integer_labels"
@@ -1444,12 +1413,6 @@ def test_nan_row_with_masked_label(dtype, request):
     _run(request, case(), check)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="softmax_cross_entropy: m - x_k overflows to inf when a class with t > 0 is more "
-    "than the dtype's max below the row max, so the loss is +inf where the exact value is "
-    "finite: softmax_cross_entropy([[-2e38, 2e38]], [[0.01, 0.99]]) = inf, exact 4e36",
-)
 @pytest.mark.parametrize("name", ["softmax_cross_entropy", "safe_softmax_cross_entropy"])
 def test_soft_ce_logit_range_beyond_max(name, request):
     """README: no inf where the exact result is finite (float32 logits near +-max)."""
