@@ -4,10 +4,17 @@ poly_loss_cross_entropy and softmax_focal_loss.
 
 Accuracy is scored in condition-scaled ulps against mpmath (shared/NUMERICS.md) with the
 project's scorer (tests/test_accuracy.py); the worst errors are printed (run with ``-s``).
+
+Run time: every loss is evaluated through one jitted program per (option, dtype, shape) that
+returns values and gradients of a whole stacked batch (compiling is what costs here, not
+running), and the mpmath references are computed once per module. The default run scores one
+row per grid case and a covering subset of (option, dtype, V); ``--run-slow`` runs the full
+product, two rows per case, and one V = 100 case per option.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import pathlib
@@ -18,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.test_util import check_grads
+from jax.flatten_util import ravel_pytree
 
 import jaxce
 from jaxce import _reference as ref
@@ -69,29 +76,206 @@ def _kw(opts, dtype=jnp.float32):
     return {k: (jnp.asarray(v, dtype) if k == "weights" else v) for k, v in opts.items()}
 
 
+def _check_derivatives(f, args, *, params=(), order=2, modes=("fwd", "rev"), eps=1e-3, tol=2e-2):
+    """What ``jax.test_util.check_grads(f, args, order, modes)`` checks, in one jitted program:
+    along a random direction d (over every argument) and a random output cotangent, forward
+    mode (jvp) and/or reverse mode (vjp) and — for order 2 — fwd-over-fwd and fwd-over-rev /
+    rev-over-rev second derivatives, each against central differences of the order below.
+    ``params`` (a tuple, or a list of tuples to check each) are extra traced arguments, not
+    differentiated: one compiled program for every value.
+    (check_grads runs eagerly and re-traces every evaluation: ~10 s a call on this machine.)"""
+    flat, unravel = ravel_pytree(args)
+    param_sets = params if isinstance(params, list) else [params]
+    rng = np.random.default_rng(0)
+    d = jnp.asarray(rng.normal(size=flat.shape), flat.dtype)
+    out = jax.eval_shape(lambda v: f(*unravel(v), *param_sets[0]), flat)
+    ct = jnp.asarray(rng.normal(size=out.shape), out.dtype)
+    checks = [(m, "value") for m in modes]
+    if order >= 2:
+        checks += [("fwd-fwd", "fwd")] if "fwd" in modes else []
+        checks += [("fwd-rev", "rev"), ("rev-rev", "rev")] if "rev" in modes else []
+    wanted = {name for pair in checks for name in pair}
+
+    @jax.jit
+    def derivs(v, ps):
+        s = lambda u: jnp.vdot(ct, f(*unravel(u), *ps))  # noqa: E731
+        grad = jax.grad(s)
+        fwd = lambda u: jax.jvp(s, (u,), (d,))[1]  # noqa: E731
+        terms = {
+            "value": lambda: s(v),
+            "fwd": lambda: fwd(v),
+            "rev": lambda: jnp.vdot(grad(v), d),
+            "fwd-fwd": lambda: jax.jvp(fwd, (v,), (d,))[1],
+            "fwd-rev": lambda: jnp.vdot(jax.jvp(grad, (v,), (d,))[1], d),
+            "rev-rev": lambda: jnp.vdot(jax.grad(lambda u: jnp.vdot(grad(u), d))(v), d),
+        }
+        return {name: term() for name, term in terms.items() if name in wanted}
+
+    for ps in param_sets:
+        at, up, dn = derivs(flat, ps), derivs(flat + eps * d, ps), derivs(flat - eps * d, ps)
+        for name, below in checks:
+            numeric = (float(up[below]) - float(dn[below])) / (2 * eps)
+            got = float(at[name])
+            assert math.isfinite(got), name
+            assert abs(got - numeric) <= tol * (1 + abs(numeric)), (name, ps, got, numeric)
+
+
 # --------------------------------------------------------------------------------------------
 # 1. Keyword options of the two softmax losses
 # --------------------------------------------------------------------------------------------
 
 
+# One jitted program per (option, dtype, shapes) evaluates both losses, value and gradient, on a
+# batch without ``where`` and a batch with it; the equality test (ROWS) and the accuracy test (the
+# mpmath grid) read their rows from the same evaluation. Options that do not rescale the logits
+# run under jax.debug_nans (scale_logits builds a NaN constant eagerly, which it reports).
+
+
+@functools.cache
+def _option_program(option):
+    opts = OPTIONS[option]
+
+    def run(x, y, xw, yw, w):
+        v = x.shape[-1]  # weights tiled to V (W3 at V = 3)
+        kw = {
+            k: (jnp.asarray(np.resize(a, v), x.dtype) if k == "weights" else a)
+            for k, a in opts.items()
+        }
+        out = {}
+        for part, where, xx, yy in (("plain", None, x, y), ("where", w, xw, yw)):
+            t = jax.nn.one_hot(yy, xx.shape[-1], dtype=xx.dtype)
+            fns = {
+                "integer": lambda a, yy=yy, where=where: (
+                    jaxce.softmax_cross_entropy_with_integer_labels(a, yy, where=where, **kw)
+                ),
+                "soft": lambda a, t=t, where=where: jaxce.softmax_cross_entropy(
+                    a, t, where=where, **kw
+                ),
+            }
+            for fn, f in fns.items():
+                value, vjp = jax.vjp(f, xx)
+                (grad,) = vjp(jnp.ones_like(value))
+                out[fn, part] = (value, grad)
+        return out
+
+    return jax.jit(run)
+
+
+def _grid_rows(classes, rows, seed):
+    """Finite / -inf grid rows (the +inf rows are exact or +inf: edge tests cover them), split
+    into rows without and with a ``where`` mask: [(x, y, label)], [(x, y, where, label)]."""
+    plain, masked = [], []
+    for batch in softmax_grid(classes=classes, rows=rows, seed=seed):
+        for i in range(batch.x.shape[0]):
+            x = batch.x[i]
+            if np.any(np.isposinf(x)) or np.any(np.isnan(x)):
+                continue
+            label = f"{batch.name} row {i}"
+            if batch.where is None:
+                plain.append((x, int(batch.y[i]), label))
+            else:
+                masked.append((x, int(batch.y[i]), batch.where[i], label))
+    return plain, masked
+
+
+# The default run: every grid case once (one row) at V = 3; float64 on the option that turns
+# weights, smoothing and z-loss on together (the single options run in float32). --run-slow:
+# two rows per case, every option in both dtypes, and V = 100.
+DEFAULT_GRID = {"classes": (3,), "rows": 1, "seed": 0}
+SLOW_GRID = {"classes": (3,), "rows": 2, "seed": 0}
+LARGE_V_GRID = {"classes": (100,), "rows": 1, "seed": 0}
+LARGE_V_CASE = "confident-correct gap 30"
+
+
+class _OptionRuns:
+    """Module-wide cache: one evaluation and one set of mpmath references per configuration."""
+
+    def __init__(self):
+        self.results = {}
+        self.references = {}
+
+    def evaluate(self, option, dtype, grid):
+        key = (option, dtype, tuple(sorted(grid.items())) if grid else None)
+        if key in self.results:
+            return self.results[key]
+        plain, masked = ([], []) if grid is None else _grid_rows(**grid)
+        if grid is not None and grid["classes"] == (100,):
+            plain = [r for r in plain if r[2].startswith(LARGE_V_CASE)]
+            masked = masked[:1]
+        n_rows = 0
+        if dtype == "float32" and grid is not None and grid["classes"] == (3,):
+            n_rows = len(ROWS)  # the equality test's rows ride along in float32 at V = 3
+        rows_plain = [(np.array(lg, np.float64), lb) for lg, lb, wh in ROWS if wh is None]
+        rows_mask = [(np.array(lg, np.float64), lb, np.array(wh)) for lg, lb, wh in ROWS if wh]
+        if grid is None or n_rows:
+            xp = [r[0] for r in rows_plain] + [_cast(r[0], dtype) for r in plain]
+            yp = [r[1] for r in rows_plain] + [r[1] for r in plain]
+            xm = [r[0] for r in rows_mask] + [_cast(r[0], dtype) for r in masked]
+            ym = [r[1] for r in rows_mask] + [r[1] for r in masked]
+            wm = [r[2] for r in rows_mask] + [r[2] for r in masked]
+            skip_plain, skip_mask = len(rows_plain), len(rows_mask)
+        else:
+            xp = [_cast(r[0], dtype) for r in plain]
+            yp = [r[1] for r in plain]
+            xm = [_cast(r[0], dtype) for r in masked]
+            ym = [r[1] for r in masked]
+            wm = [r[2] for r in masked]
+            skip_plain = skip_mask = 0
+        opts = OPTIONS[option]
+        scaled = "temperature" in opts or "logit_soft_cap" in opts
+        with jax.debug_nans(not scaled):
+            out = _option_program(option)(
+                jnp.asarray(np.stack(xp), dtype),
+                jnp.asarray(yp),
+                jnp.asarray(np.stack(xm), dtype),
+                jnp.asarray(ym),
+                jnp.asarray(np.stack(wm)),
+            )
+        out = jax.tree.map(lambda a: np.asarray(a, np.float64), out)
+        grid_rows = [
+            (part, i, x, y, w, label)
+            for part, skip, rows in (
+                ("plain", skip_plain, [(r[0], r[1], None, r[2]) for r in plain]),
+                ("where", skip_mask, masked),
+            )
+            for i, (x, y, w, label) in enumerate(rows, start=skip)
+        ]
+        result = {
+            "out": out,
+            "rows": {"plain": range(skip_plain), "where": range(skip_mask)},
+            "grid": [(p, i, _cast(x, dtype), y, w, lb) for p, i, x, y, w, lb in grid_rows],
+        }
+        self.results[key] = result
+        return result
+
+    def reference(self, option, x64, y, where):
+        key = (option, x64.tobytes(), y, None if where is None else where.tobytes())
+        if key not in self.references:
+            wv, eps, z = GRID_OPTIONS[option]
+            w = np.ones(x64.shape[0]) if wv is None else np.resize(wv, x64.shape[0])
+            self.references[key] = _options_reference(x64, y, w, eps, z, where)
+        return self.references[key]
+
+
+@pytest.fixture(scope="module")
+def option_runs():
+    return _OptionRuns()
+
+
 @pytest.mark.parametrize("option", list(OPTIONS))
-@pytest.mark.parametrize(("logits", "label", "where"), ROWS)
-def test_options_integer_labels_equal_one_hot_soft_labels(option, logits, label, where):
-    kw = _kw(OPTIONS[option])
-    x = jnp.array(logits, jnp.float32)
-    w = None if where is None else jnp.array(where)
-    t = jax.nn.one_hot(label, 3)
-    f_int = lambda a: jaxce.softmax_cross_entropy_with_integer_labels(a, label, where=w, **kw)  # noqa: E731
-    f_soft = lambda a: jaxce.softmax_cross_entropy(a, t, where=w, **kw)  # noqa: E731
-    # scale_logits builds a NaN constant eagerly (jaxce._transforms), which jax.debug_nans
-    # reports; the other options run under it.
-    scaled = "temperature" in kw or "logit_soft_cap" in kw
-    with jax.debug_nans(not scaled):
-        vi, gi = jax.value_and_grad(f_int)(x)
-        vs, gs = jax.value_and_grad(f_soft)(x)
-    np.testing.assert_allclose(float(vi), float(vs), rtol=3e-6, atol=1e-30)
-    np.testing.assert_allclose(np.asarray(gi), np.asarray(gs), rtol=3e-6, atol=1e-7)
-    assert np.all(np.isfinite(np.asarray(gi)))
+def test_options_integer_labels_equal_one_hot_soft_labels(option, option_runs):
+    """Every option: integer labels == one-hot soft labels, value and gradient, on every ROWS
+    row (extreme, ±inf, -inf, where-masked and all-masked rows), gradients finite."""
+    run = option_runs.evaluate(option, "float32", DEFAULT_GRID if option in GRID_OPTIONS else None)
+    out = run["out"]
+    for part, rows in run["rows"].items():
+        vi, gi = out["integer", part]
+        vs, gs = out["soft", part]
+        for i in rows:
+            np.testing.assert_allclose(vi[i], vs[i], rtol=3e-6, atol=1e-30, err_msg=f"{part} {i}")
+            np.testing.assert_allclose(gi[i], gs[i], rtol=3e-6, atol=1e-7, err_msg=f"{part} {i}")
+            assert np.all(np.isfinite(gi[i]))
+    assert sum(len(r) for r in run["rows"].values()) == len(ROWS)
 
 
 def test_options_at_defaults_trace_the_plain_path_unchanged():
@@ -158,12 +342,11 @@ def test_z_loss_gradient_forward_and_reverse_mode():
     lse = float(jax.nn.logsumexp(x))
     p = np.asarray(jax.nn.softmax(x))
     expected = 2 * z * lse * p
-    np.testing.assert_allclose(np.asarray(jax.grad(f)(x)), expected, rtol=2e-6)
-    fwd = jax.jacfwd(f)(x)
+    rev, fwd, h = jax.jit(lambda a: (jax.grad(f)(a), jax.jacfwd(f)(a), jax.hessian(f)(a)))(x)
+    np.testing.assert_allclose(np.asarray(rev), expected, rtol=2e-6)
     np.testing.assert_allclose(np.asarray(fwd), expected, rtol=2e-6)
-    h = jax.hessian(f)(x)
     assert np.all(np.isfinite(np.asarray(h)))
-    check_grads(f, (x,), order=2, modes=("fwd", "rev"))
+    _check_derivatives(f, (x,), order=2)
 
 
 def test_z_loss_of_an_empty_row_is_zero_not_inf_squared():
@@ -240,31 +423,43 @@ def test_ignore_index_zero_loss_zero_gradient_and_exempt_from_range_check():
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_options_16_bit_inputs_compute_in_float32(dtype):
-    x = jnp.array([[1.0, 2.0, -3.0]], dtype)
+    x32, y, _ = _options_batch()
+    x = x32.astype(dtype)
     kw = _kw(OPTIONS["all"], dtype)
-    out = jaxce.softmax_cross_entropy_with_integer_labels(x, jnp.array([1]), **kw)
+    out = jaxce.softmax_cross_entropy_with_integer_labels(x, y, **kw)
     assert out.dtype == jnp.float32
     ref32 = jaxce.softmax_cross_entropy_with_integer_labels(
-        x.astype(jnp.float32), jnp.array([1]), **_kw(OPTIONS["all"])
+        x.astype(jnp.float32), y, **_kw(OPTIONS["all"])
     )
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref32), rtol=1e-6)
-    g = jax.grad(lambda a: jnp.sum(jaxce.softmax_cross_entropy(a, a * 0 + 0.25, **kw)))(x)
+    g = jax.jit(jax.grad(lambda a: jnp.sum(jaxce.softmax_cross_entropy(a, a * 0 + 0.25, **kw))))(x)
     assert g.dtype == dtype
 
 
-def test_options_jit_vmap_jvp_hessian():
+def _options_batch():
+    """The [4, 3] batch of the jit/vmap and 16-bit tests (one shape: eager op caches shared)."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 3, size=4))
+    return x, y, jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+
+
+def test_options_jit_vmap_jvp_hessian():
+    x, y, d = _options_batch()
     kw = _kw(OPTIONS["all"])
     f = lambda a, b: jaxce.softmax_cross_entropy_with_integer_labels(a, b, **kw)  # noqa: E731
-    np.testing.assert_allclose(np.asarray(jax.jit(f)(x, y)), np.asarray(f(x, y)), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(jax.vmap(f)(x, y)), np.asarray(f(x, y)), rtol=1e-6)
     total = lambda a: jnp.sum(f(a, y))  # noqa: E731
-    d = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
-    _, tangent = jax.jvp(total, (x,), (d,))
-    np.testing.assert_allclose(float(tangent), float(jnp.sum(jax.grad(total)(x) * d)), rtol=1e-5)
-    assert np.all(np.isfinite(np.asarray(jax.hessian(total)(x))))
+
+    @jax.jit
+    def transforms(a):
+        return f(a, y), jax.vmap(f)(a, y), jax.jvp(total, (a,), (d,))[1], jax.grad(total)(a)
+
+    eager = np.asarray(f(x, y))
+    jitted, vmapped, tangent, grad = transforms(x)
+    np.testing.assert_allclose(np.asarray(jitted), eager, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(vmapped), eager, rtol=1e-6)
+    np.testing.assert_allclose(float(tangent), float(jnp.sum(grad * d)), rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(jax.jit(jax.hessian(total))(x))))
 
 
 def _options_reference(x64, y, w, eps, z, where):
@@ -292,53 +487,72 @@ def _options_reference(x64, y, w, eps, z, where):
 
 
 GRID_OPTIONS = {
-    "weights": (np.array([0.5, 2.0, 1.5]), 0.0, 0.0),
+    "weights": (W3, 0.0, 0.0),
     "label_smoothing": (None, 0.1, 0.0),
-    "weights+label_smoothing": (np.array([0.5, 2.0, 1.5]), 0.2, 0.0),
+    "weights+label_smoothing": (W3, 0.2, 0.0),
     "z_loss": (None, 0.0, 1e-3),
-    "weights+label_smoothing+z_loss": (np.array([0.5, 2.0, 1.5]), 0.1, 1e-2),
+    "weights+label_smoothing+z_loss": (W3, 0.1, 1e-2),
 }
+for _name, (_w, _eps, _z) in GRID_OPTIONS.items():  # the evaluation reads the options from here
+    _opts = {
+        **({} if _w is None else {"weights": _w}),
+        **({"label_smoothing": _eps} if _eps else {}),
+        **({"z_loss": _z} if _z else {}),
+    }
+    assert OPTIONS.setdefault(_name, _opts) == _opts, _name
+DEFAULT_FLOAT64_OPTIONS = ("weights+label_smoothing+z_loss",)
 WORST: dict[str, tuple[float, float]] = {}
 
 
+def _score_options(option, dtype, run, option_runs):
+    worst = {"integer": [0.0, 0.0, "", ""], "soft": [0.0, 0.0, "", ""]}
+    for part, i, x64, y, where, label in run["grid"]:
+        r = option_runs.reference(option, x64, y, where)
+        for fn, w in worst.items():
+            value, grad = run["out"][fn, part]
+            ev = float(np.max(_errors(value[i], r.value, r.kappa, dtype)))
+            eg = float(np.max(_errors(grad[i], r.grad, r.kappa_grad, dtype)))
+            if ev > w[0]:
+                w[0], w[2] = ev, label
+            if eg > w[1]:
+                w[1], w[3] = eg, label
+    assert run["grid"], "no grid rows scored"
+    for fn, (ev, eg, lv, lg) in worst.items():
+        V = run["grid"][0][2].shape[0]
+        WORST[f"{fn} {option} {dtype} V={V}"] = (ev, eg)
+        print(f"{fn} {option} {dtype} V={V}: value {ev:.3g} ({lv}), grad {eg:.3g} ({lg})")
+        assert ev <= 4.0, (fn, lv)
+        assert eg <= 8.0, (fn, lg)
+
+
+def _options_accuracy_params():
+    for option in GRID_OPTIONS:
+        for dtype in ("float32", "float64"):
+            slow = dtype == "float64" and option not in DEFAULT_FLOAT64_OPTIONS
+            yield pytest.param(option, dtype, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize(("option", "dtype"), list(_options_accuracy_params()))
+def test_options_accuracy_vs_mpmath(option, dtype, option_runs, x64):
+    """Both losses (integer and one-hot soft labels) with each option, one row of every case of
+    the hard grid (V = 3): condition-scaled ulps, value <= 4 and gradient <= 8."""
+    _score_options(option, dtype, option_runs.evaluate(option, dtype, DEFAULT_GRID), option_runs)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("option", list(GRID_OPTIONS))
-@pytest.mark.parametrize("fn", ["integer", "soft"])
-def test_options_accuracy_vs_mpmath(fn, option, dtype, x64):
-    """Condition-scaled ulps on the hard grid (V = 3), value <= 4 and gradient <= 8."""
-    wv, eps, z = GRID_OPTIONS[option]
-    worst_v = worst_g = 0.0
-    for batch in softmax_grid(classes=(3,), rows=2, seed=0):
-        xs = _cast(batch.x, dtype)
-        if np.any(np.isposinf(xs)) or np.any(np.isnan(xs)):
-            continue  # +inf rows: value +inf or exact; covered by the edge tests
-        w = np.ones(3) if wv is None else wv
-        kw = {"label_smoothing": eps, "z_loss": z}
-        if wv is not None:
-            kw["weights"] = jnp.asarray(wv, dtype)
-        where = None if batch.where is None else jnp.asarray(batch.where)
-        x = jnp.asarray(xs, dtype)
-        y = jnp.asarray(batch.y)
-        t = jax.nn.one_hot(y, 3, dtype=dtype)
-        if fn == "integer":
-            f = lambda a, y=y, where=where, kw=kw: (  # noqa: E731
-                jaxce.softmax_cross_entropy_with_integer_labels(a, y, where=where, **kw)
-            )
-        else:
-            f = lambda a, t=t, where=where, kw=kw: (  # noqa: E731
-                jaxce.softmax_cross_entropy(a, t, where=where, **kw)
-            )
-        value, vjp = jax.vjp(f, x)
-        (grad,) = vjp(jnp.ones_like(value))
-        for i in range(xs.shape[0]):
-            wr = None if batch.where is None else batch.where[i]
-            r = _options_reference(xs[i], int(batch.y[i]), w, eps, z, wr)
-            worst_v = max(worst_v, float(np.max(_errors(value[i], r.value, r.kappa, dtype))))
-            worst_g = max(worst_g, float(np.max(_errors(grad[i], r.grad, r.kappa_grad, dtype))))
-    WORST[f"{fn} {option} {dtype}"] = (worst_v, worst_g)
-    print(f"{fn} {option} {dtype}: value {worst_v:.3g}, grad {worst_g:.3g}")
-    assert worst_v <= 4.0
-    assert worst_g <= 8.0
+def test_options_accuracy_vs_mpmath_full_grid(option, dtype, option_runs, x64):
+    """--run-slow: two rows of every grid case (V = 3), every option in both dtypes."""
+    _score_options(option, dtype, option_runs.evaluate(option, dtype, SLOW_GRID), option_runs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("option", list(GRID_OPTIONS))
+def test_options_accuracy_vs_mpmath_large_v(option, dtype, option_runs, x64):
+    """--run-slow: V = 100 (confident-correct gap 30, and a where-masked row), weights tiled."""
+    _score_options(option, dtype, option_runs.evaluate(option, dtype, LARGE_V_GRID), option_runs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,33 +623,58 @@ def test_poly_loss_confident_correct_complement_is_not_cancelled():
     np.testing.assert_allclose(np.asarray(g), [-3 * q, 1.5 * q, 1.5 * q], rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("logits", "labels", "where"),
-    [
-        ([-INF, 0.0, 3.0], [0.0, 0.5, 0.5], None),
-        ([INF, 0.0, 1.0], [1.0, 0.0, 0.0], None),
-        ([INF, INF, 1.0], [0.5, 0.5, 0.0], None),
-        ([5.0, 0.0, 1.0], [0.2, 0.3, 0.5], [True, False, True]),
-        ([5.0, 0.0, 1.0], [0.2, 0.3, 0.5], [False, False, False]),
-        ([1e4, -1e4, 0.0], [0.0, 1.0, 0.0], None),
-    ],
-)
+EDGE_ROWS = [
+    ([-INF, 0.0, 3.0], [0.0, 0.5, 0.5], None),
+    ([INF, 0.0, 1.0], [1.0, 0.0, 0.0], None),
+    ([INF, INF, 1.0], [0.5, 0.5, 0.0], None),
+    ([5.0, 0.0, 1.0], [0.2, 0.3, 0.5], [True, False, True]),
+    ([5.0, 0.0, 1.0], [0.2, 0.3, 0.5], [False, False, False]),
+    ([1e4, -1e4, 0.0], [0.0, 1.0, 0.0], None),
+]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _edge_program(kind, x, t, xw, tw, w, param):
+    """Value and per-row gradient of poly (ε = param) or focal (γ = param, traced: one program
+    for every γ) on the rows without and with ``where``."""
+    out = []
+    for xx, tt, ww in ((x, t, None), (xw, tw, w)):
+        if kind == "poly":
+
+            def f(a, tt=tt, ww=ww):
+                return jaxce.poly_loss_cross_entropy(a, tt, epsilon=param, where=ww)
+        else:
+
+            def f(a, tt=tt, ww=ww):
+                return jaxce.softmax_focal_loss(a, tt, gamma=param, where=ww)
+
+        value, vjp = jax.vjp(f, xx)
+        out.append((value, vjp(jnp.ones_like(value))[0]))
+    return out
+
+
 @pytest.mark.parametrize("fn", ["poly", "focal0", "focal0.5", "focal2"])
-def test_edge_rows_have_finite_gradients(fn, logits, labels, where):
-    x = jnp.array(logits)
-    t = jnp.array(labels)
-    w = None if where is None else jnp.array(where)
-    if fn == "poly":
-        f = lambda a: jaxce.poly_loss_cross_entropy(a, t, where=w)  # noqa: E731
-    else:
-        g_ = float(fn[5:])
-        f = lambda a: jaxce.softmax_focal_loss(a, t, gamma=g_, where=w)  # noqa: E731
+def test_edge_rows_have_finite_gradients(fn):
+    """±inf logits, -inf logits with zero target, where-masked and all-masked rows: value not
+    NaN, gradient finite (under jax.debug_nans), masked classes get exactly 0."""
+    plain = [r for r in EDGE_ROWS if r[2] is None]
+    masked = [r for r in EDGE_ROWS if r[2] is not None]
+    kind, param = ("poly", 2.0) if fn == "poly" else ("focal", float(fn[5:]))
     with jax.debug_nans(True):
-        v, g = jax.value_and_grad(f)(x)
-    assert not np.isnan(float(v))
-    assert np.all(np.isfinite(np.asarray(g)))
-    if where is not None:
-        assert np.all(np.asarray(g)[~np.asarray(where)] == 0)
+        (vp, gp), (vm, gm) = _edge_program(
+            kind,
+            jnp.array([r[0] for r in plain]),
+            jnp.array([r[1] for r in plain]),
+            jnp.array([r[0] for r in masked]),
+            jnp.array([r[1] for r in masked]),
+            jnp.array([r[2] for r in masked]),
+            param,
+        )
+    for v, g in ((vp, gp), (vm, gm)):
+        assert not np.any(np.isnan(np.asarray(v)))
+        assert np.all(np.isfinite(np.asarray(g)))
+    for i, r in enumerate(masked):
+        assert np.all(np.asarray(gm)[i][~np.asarray(r[2])] == 0)
 
 
 def test_poly_loss_matches_optax_on_ordinary_inputs_and_mask():
@@ -443,14 +682,15 @@ def test_poly_loss_matches_optax_on_ordinary_inputs_and_mask():
     x = jnp.asarray(rng.normal(size=(5, 6)) * 2, jnp.float32)
     t = jnp.asarray(rng.dirichlet(np.ones(6), size=5), jnp.float32)
     w = jnp.asarray(rng.integers(0, 2, size=(5, 6)).astype(bool)).at[:, 0].set(True)
+    ours = jax.jit(lambda e: jaxce.poly_loss_cross_entropy(x, t, epsilon=e, where=w))
     for eps in (2.0, -1.0, 0.5):
         np.testing.assert_allclose(
-            np.asarray(jaxce.poly_loss_cross_entropy(x, t, epsilon=eps, where=w)),
+            np.asarray(ours(eps)),
             np.asarray(optax.losses.poly_loss_cross_entropy(x, t, epsilon=eps, where=w)),
             rtol=2e-5,
             atol=1e-6,
         )
-    check_grads(lambda a: jaxce.poly_loss_cross_entropy(a, t), (x,), order=2, modes=("rev",))
+    _check_derivatives(lambda a: jaxce.poly_loss_cross_entropy(a, t), (x,), order=2, modes=("rev",))
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,8 +706,12 @@ def test_focal_gamma_zero_is_the_weighted_cross_entropy_exactly():
     focal = jaxce.softmax_focal_loss(x, t, gamma=0.0, alpha=alpha)
     ce = jaxce.softmax_cross_entropy(x, t, weights=alpha)
     np.testing.assert_array_equal(np.asarray(focal), np.asarray(ce))
-    gf = jax.grad(lambda a: jnp.sum(jaxce.softmax_focal_loss(a, t, gamma=0.0, alpha=alpha)))(x)
-    gc = jax.grad(lambda a: jnp.sum(jaxce.softmax_cross_entropy(a, t, weights=alpha)))(x)
+    gf, gc = jax.jit(
+        lambda a: (
+            jax.grad(lambda b: jnp.sum(jaxce.softmax_focal_loss(b, t, gamma=0.0, alpha=alpha)))(a),
+            jax.grad(lambda b: jnp.sum(jaxce.softmax_cross_entropy(b, t, weights=alpha)))(a),
+        )
+    )(x)
     np.testing.assert_allclose(np.asarray(gf), np.asarray(gc), rtol=1e-6, atol=1e-7)
 
 
@@ -492,17 +736,18 @@ def test_focal_gradient_checks_and_hessian():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(3, 4)), jnp.float64 if jax.config.jax_enable_x64 else None)
     t = jnp.asarray(rng.dirichlet(np.ones(4), size=3), x.dtype)
-    for gamma in (0.5, 1.0, 2.0):
-        f = lambda a, b, g=gamma: jaxce.softmax_focal_loss(a, b, gamma=g)  # noqa: E731
-        with jaxce.target_checks(False):
-            check_grads(f, (x, t), order=1, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2)
-        assert np.all(np.isfinite(np.asarray(jax.hessian(lambda a, f=f: jnp.sum(f(a, t)))(x))))
-    gg = jax.grad(lambda g: jnp.sum(jaxce.softmax_focal_loss(x, t, gamma=g)))(2.0)
+    # γ is traced (one compiled program for every γ)
+    gammas = [(0.5,), (1.0,), (2.0,)]
+    f = lambda a, b, g: jaxce.softmax_focal_loss(a, b, gamma=g)  # noqa: E731
+    with jaxce.target_checks(False):
+        _check_derivatives(f, (x, t), params=gammas, order=1)
+    hessian = jax.jit(jax.hessian(lambda a, g: jnp.sum(jaxce.softmax_focal_loss(a, t, gamma=g))))
+    for (gamma,) in gammas:
+        assert np.all(np.isfinite(np.asarray(hessian(x, gamma))))
+    total = jax.jit(lambda g: jnp.sum(jaxce.softmax_focal_loss(x, t, gamma=g)))
+    gg = jax.jit(jax.grad(lambda g: jnp.sum(jaxce.softmax_focal_loss(x, t, gamma=g))))(2.0)
     h = 1e-3
-    fd = (
-        jnp.sum(jaxce.softmax_focal_loss(x, t, gamma=2.0 + h))
-        - jnp.sum(jaxce.softmax_focal_loss(x, t, gamma=2.0 - h))
-    ) / (2 * h)
+    fd = (total(2.0 + h) - total(2.0 - h)) / (2 * h)
     np.testing.assert_allclose(float(gg), float(fd), rtol=1e-3)
 
 
@@ -527,41 +772,113 @@ def test_focal_errors_and_value_checks():
     )
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize(("fn", "param"), [("focal", 0.5), ("focal", 2.0), ("poly", 2.0)])
-def test_focal_and_poly_accuracy_vs_mpmath(fn, param, dtype, x64):
-    """Condition-scaled ulps on the hard grid (V = 3 and 10, finite rows), one-hot and Dirichlet
-    labels: value <= 4, gradient <= 8."""
-    worst_v = worst_g = 0.0
-    where_v = where_g = ""
-    for batch in softmax_grid(classes=(3, 10), rows=1, seed=0):
+@functools.partial(jax.jit, static_argnums=0)
+def _focal_poly_program(fn, x, t, param):
+    if fn == "focal":
+        f = lambda a: jaxce.softmax_focal_loss(a, t, gamma=param)  # noqa: E731
+    else:
+        f = lambda a: jaxce.poly_loss_cross_entropy(a, t, epsilon=param)  # noqa: E731
+    value, vjp = jax.vjp(f, x)
+    return value, vjp(jnp.ones_like(value))[0]
+
+
+def _focal_poly_rows(v, dtype, slow):
+    """Finite / -inf rows of the grid at V (no where masks), one-hot and Dirichlet labels."""
+    if v >= 100:
+        batches = [
+            b for b in softmax_grid(classes=(v,), rows=1, seed=0) if b.name.startswith(LARGE_V_CASE)
+        ]
+    else:
+        batches = softmax_grid(classes=(v,), rows=2 if slow else 1, seed=0)
+    rows = []
+    for batch in batches:
         if batch.where is not None:
             continue
         xs = _cast(batch.x, dtype)
-        if not np.all(np.isfinite(xs) | np.isneginf(xs)):
-            continue
         for kind in ("one-hot", "dirichlet"):
             ts = _cast(batch.soft[kind], dtype)
-            if np.any((ts > 0) & np.isneginf(xs)):
-                continue
-            x, t = jnp.asarray(xs, dtype), jnp.asarray(ts, dtype)
-            if fn == "focal":
-                f = lambda a, t=t: jaxce.softmax_focal_loss(a, t, gamma=param)  # noqa: E731
-            else:
-                f = lambda a, t=t: jaxce.poly_loss_cross_entropy(a, t, epsilon=param)  # noqa: E731
-            value, vjp = jax.vjp(f, x)
-            (grad,) = vjp(jnp.ones_like(value))
             for i in range(xs.shape[0]):
-                if fn == "focal":
-                    r = ref.mp_softmax_focal_loss(xs[i], ts[i], param)
-                else:
-                    r = ref.mp_poly_loss_cross_entropy(xs[i], ts[i], param)
-                ev = float(np.max(_errors(value[i], r.value, r.kappa, dtype)))
-                eg = float(np.max(_errors(grad[i], r.grad, r.kappa_grad, dtype)))
-                if ev > worst_v:
-                    worst_v, where_v = ev, f"{batch.name} {kind} row {i}"
-                if eg > worst_g:
-                    worst_g, where_g = eg, f"{batch.name} {kind} row {i}"
-    print(f"{fn}({param}) {dtype}: value {worst_v:.3g} ({where_v}), grad {worst_g:.3g} ({where_g})")
+                if not np.all(np.isfinite(xs[i]) | np.isneginf(xs[i])):
+                    continue
+                if np.any((ts[i] > 0) & np.isneginf(xs[i])):
+                    continue
+                rows.append((xs[i], ts[i], f"{batch.name} {kind} row {i}"))
+    return rows
+
+
+class _FocalPolyRuns:
+    """Module-wide cache of the mpmath references (shared by the runs that score a row)."""
+
+    def __init__(self):
+        self.references = {}
+
+    def reference(self, fn, param, x64, t64):
+        key = (fn, param, x64.tobytes(), t64.tobytes())
+        if key not in self.references:
+            if fn == "focal":
+                self.references[key] = ref.mp_softmax_focal_loss(x64, t64, param)
+            else:
+                self.references[key] = ref.mp_poly_loss_cross_entropy(x64, t64, param)
+        return self.references[key]
+
+
+@pytest.fixture(scope="module")
+def focal_poly_runs():
+    return _FocalPolyRuns()
+
+
+def _score_focal_poly(fn, param, dtype, v, slow, runs):
+    rows = _focal_poly_rows(v, dtype, slow)
+    assert rows
+    x = jnp.asarray(np.stack([r[0] for r in rows]), dtype)
+    t = jnp.asarray(np.stack([r[1] for r in rows]), dtype)
+    value, grad = _focal_poly_program(fn, x, t, param)
+    value, grad = np.asarray(value, np.float64), np.asarray(grad, np.float64)
+    worst_v = worst_g = 0.0
+    where_v = where_g = ""
+    for i, (xs, ts, label) in enumerate(rows):
+        r = runs.reference(fn, param, xs, ts)
+        ev = float(np.max(_errors(value[i], r.value, r.kappa, dtype)))
+        eg = float(np.max(_errors(grad[i], r.grad, r.kappa_grad, dtype)))
+        if ev > worst_v:
+            worst_v, where_v = ev, label
+        if eg > worst_g:
+            worst_g, where_g = eg, label
+    print(
+        f"{fn}({param}) {dtype} V={v}: value {worst_v:.3g} ({where_v}), grad {worst_g:.3g}", where_g
+    )
     assert worst_v <= 4.0, where_v
     assert worst_g <= 8.0, where_g
+
+
+FOCAL_POLY = [("focal", 0.5), ("focal", 2.0), ("poly", 2.0)]
+# Default run: each (function, parameter) in both dtypes and at both V, pairwise
+# (focal: float32 at V = 3, float64 at V = 10; poly: the other way round); --run-slow: the rest.
+FOCAL_POLY_DEFAULT = {("focal", "float32", 3), ("focal", "float64", 10)}
+FOCAL_POLY_DEFAULT |= {("poly", "float64", 3), ("poly", "float32", 10)}
+
+
+def _focal_poly_params():
+    for fn, param in FOCAL_POLY:
+        for dtype in ("float32", "float64"):
+            for v in (3, 10):
+                marks = [] if (fn, dtype, v) in FOCAL_POLY_DEFAULT else [pytest.mark.slow]
+                yield pytest.param(
+                    fn, param, dtype, v, marks=marks, id=f"{fn}-{param}-{dtype}-V{v}"
+                )
+
+
+@pytest.mark.parametrize(("fn", "param", "dtype", "v"), list(_focal_poly_params()))
+def test_focal_and_poly_accuracy_vs_mpmath(fn, param, dtype, v, request, focal_poly_runs, x64):
+    """Condition-scaled ulps on the hard grid (finite and -inf rows), one-hot and Dirichlet
+    labels: value <= 4, gradient <= 8. One row per case by default, two with --run-slow."""
+    slow = request.config.getoption("--run-slow")
+    _score_focal_poly(fn, param, dtype, v, slow, focal_poly_runs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("fn", "param"), FOCAL_POLY)
+def test_focal_and_poly_accuracy_vs_mpmath_large_v(fn, param, dtype, focal_poly_runs, x64):
+    """--run-slow: V = 100, confident-correct gap 30 (one-hot and Dirichlet labels)."""
+    _score_focal_poly(fn, param, dtype, 100, True, focal_poly_runs)

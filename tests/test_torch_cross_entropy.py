@@ -5,6 +5,9 @@ and is scored in condition-scaled ulps (shared/NUMERICS.md): the value's conditi
 ``Σ|x_k ∂L/∂x_k|`` and a gradient component's is ``Σ_k |x_k ∂²L/∂x_j∂x_k| + |∂L/∂x_j|``, both
 from PyTorch's float64 autograd (Hessian included), for the scalar ``L = Σ_n v_n ℓ_n`` with a
 random cotangent ``v`` (so ``reduction="none"`` is checked per example, not only in sum).
+
+The default run checks a pairwise covering set of the option matrix (every value of every axis,
+and every pair of values of two axes, at least once); ``--run-slow`` runs the full product.
 """
 
 from __future__ import annotations
@@ -98,6 +101,30 @@ def _scaled_errors(x, axis, out, grad, ref_out, ref_grad, ref_hess, v):
     return float(np.max(ev, initial=0.0)), float(np.max(eg, initial=0.0))
 
 
+def _pairwise(full):
+    """A greedy pairwise covering subset of ``full`` (deterministic): every pair of values that
+    two axes take together somewhere in ``full`` is in some chosen combination."""
+
+    def pairs(c):
+        return {(i, c[i], j, c[j]) for i, j in itertools.combinations(range(len(c)), 2)}
+
+    needed = set().union(*(pairs(c) for c in full))
+    chosen = []
+    while needed:
+        best = max(full, key=lambda c: len(pairs(c) & needed))
+        chosen.append(best)
+        needed -= pairs(best)
+    return [c for c in full if c in chosen]
+
+
+def _params(full, ids):
+    """Every combination; those outside the pairwise cover only with --run-slow."""
+    cover = set(_pairwise(full))
+    return [
+        pytest.param(c, id=ids(c), marks=[] if c in cover else [pytest.mark.slow]) for c in full
+    ]
+
+
 # ignore_index applies to class-index targets only (as in PyTorch): no "present" for "prob".
 COMBOS = [
     c
@@ -118,7 +145,7 @@ def _id(c):
     return f"{layout}-{target}-weight={w}-ignore={ig}-eps={eps}-{red}"
 
 
-@pytest.mark.parametrize("combo", COMBOS, ids=[_id(c) for c in COMBOS])
+@pytest.mark.parametrize("combo", _params(COMBOS, _id))
 def test_cross_entropy_parity_with_torch_values_and_gradients(combo):
     layout, target, w, ig, eps, reduction = combo
     x, y, axis = _inputs(layout, target)
@@ -142,8 +169,10 @@ def test_cross_entropy_parity_with_torch_values_and_gradients(combo):
         out = cross_entropy(a, jy, axis=axis, **jkw)
         return jnp.sum(out) if v is None else jnp.sum(out * jnp.asarray(v, jnp.float32))
 
-    out = cross_entropy(jnp.asarray(x), jy, axis=axis, **jkw)
-    grad = jax.grad(scalar)(jnp.asarray(x))
+    # one compiled program per combination (eager would compile every op separately)
+    out, grad = jax.jit(lambda a: (cross_entropy(a, jy, axis=axis, **jkw), jax.grad(scalar)(a)))(
+        jnp.asarray(x)
+    )
     ev, eg = _scaled_errors(x, axis, out, grad, ref_out, ref_grad, ref_hess, v)
     WORST["value"] = max(WORST["value"], ev)
     WORST["grad"] = max(WORST["grad"], eg)
@@ -166,7 +195,7 @@ NLL_COMBOS = list(
 
 
 @pytest.mark.parametrize(
-    "combo", NLL_COMBOS, ids=[f"{a}-weight={b}-ignore={c}-{d}" for a, b, c, d in NLL_COMBOS]
+    "combo", _params(NLL_COMBOS, lambda c: "{}-weight={}-ignore={}-{}".format(*c))
 )
 def test_nll_loss_parity_with_torch_values_and_gradients(combo):
     layout, w, ig, reduction = combo
@@ -185,8 +214,9 @@ def test_nll_loss_parity_with_torch_values_and_gradients(combo):
         out = nll_loss(a, jnp.asarray(y), axis=axis, **jkw)
         return jnp.sum(out) if v is None else jnp.sum(out * jnp.asarray(v, jnp.float32))
 
-    out = nll_loss(jnp.asarray(lp), jnp.asarray(y), axis=axis, **jkw)
-    grad = jax.grad(scalar)(jnp.asarray(lp))
+    out, grad = jax.jit(
+        lambda a: (nll_loss(a, jnp.asarray(y), axis=axis, **jkw), jax.grad(scalar)(a))
+    )(jnp.asarray(lp))
     ev, eg = _scaled_errors(lp, axis, out, grad, ref_out, ref_grad, ref_hess, v)
     WORST["value"] = max(WORST["value"], ev)
     WORST["grad"] = max(WORST["grad"], eg)
@@ -259,23 +289,27 @@ def test_zero_weight_on_neg_inf_target_log_prob_is_zero_nll():
 def test_jit_vmap_jvp_and_16_bit():
     x, y, _ = _inputs("axis=1 [N,C,d1]", "int")
     f = lambda a: cross_entropy(a, jnp.asarray(y), axis=1, weight=WEIGHT, label_smoothing=0.1)  # noqa: E731
+    per = lambda a, b: cross_entropy(a, b, reduction="none")  # noqa: E731
     xa = jnp.asarray(x)
-    np.testing.assert_allclose(np.asarray(jax.jit(f)(xa)), np.asarray(f(xa)), rtol=1e-6)
-    g = jax.grad(f)(xa)
     d = jnp.asarray(np.random.default_rng(2).normal(size=x.shape), jnp.float32)
-    _, tangent = jax.jvp(f, (xa,), (d,))
+
+    @jax.jit
+    def transforms(a):
+        return f(a), jax.grad(f)(a), jax.jvp(f, (a,), (d,))[1], jax.vmap(per)(a[..., 0], y[..., 0])
+
+    jitted, g, tangent, vmapped = transforms(xa)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(f(xa)), rtol=1e-6)
     np.testing.assert_allclose(float(tangent), float(jnp.sum(g * d)), rtol=1e-5)
-    per = jax.vmap(lambda a, b: cross_entropy(a, b, reduction="none"))(xa[..., 0], y[..., 0])
     np.testing.assert_allclose(
-        np.asarray(per),
+        np.asarray(vmapped),
         np.asarray(cross_entropy(xa[..., 0], jnp.asarray(y[..., 0]), reduction="none")),
         rtol=1e-6,
     )
+    g16 = lambda a: cross_entropy(a, jnp.asarray(y), axis=1)  # noqa: E731
     for dtype in (jnp.bfloat16, jnp.float16):
-        xb = xa.astype(dtype)
-        out = cross_entropy(xb, jnp.asarray(y), axis=1)
+        out, grad = jax.jit(lambda a: (g16(a), jax.grad(g16)(a)))(xa.astype(dtype))
         assert out.dtype == jnp.float32
-        assert jax.grad(lambda a: cross_entropy(a, jnp.asarray(y), axis=1))(xb).dtype == dtype
+        assert grad.dtype == dtype
 
 
 def test_bad_arguments_name_themselves():
