@@ -166,18 +166,18 @@ def _exp_times(lt: jax.Array, d: jax.Array) -> jax.Array:
     ``exp(lt)·d`` is formed as ``(((a·d)·a)·a)·a`` with ``a = exp(lt/4)`` (``lt/4`` is exact):
     every factor is normal for ``lt >= 4·log(tiny)`` and every partial product is at most ``d``
     (so none overflows, and one that underflows leaves a final value that underflows too).
-    ``d = +inf`` gives ``+inf``. Plain ``jnp`` on both sides of the ``where`` (double-``where``
+    ``d = ±inf`` gives ``±inf``. Plain ``jnp`` on both sides of the ``where`` (double-``where``
     safe), so derivatives of any order are finite where the value is.
     """
     zero = jnp.zeros((), lt.dtype)
     w = jnp.exp(lt)
     tiny = jnp.finfo(lt.dtype).tiny
     small = (w < tiny) & (lt > -jnp.inf)  # a finite log target whose exp is not normal
-    d_inf = jnp.isposinf(d)
+    d_inf = jnp.isinf(d)
     a = jnp.exp(jnp.where(small, lt, zero) * 0.25)
     d_safe = jnp.where(small & ~d_inf, d, zero)
     scaled = (((a * d_safe) * a) * a) * a
-    scaled = jnp.where(d_inf, jnp.array(jnp.inf, lt.dtype), scaled)
+    scaled = jnp.where(d_inf, d, scaled)
     return jnp.where(small, scaled, safe_mul(jnp.where(small, zero, w), d))
 
 

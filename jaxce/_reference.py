@@ -590,6 +590,8 @@ def mp_kl_divergence(
         gt: list[Any] = []
         for k in range(lr.shape[0]):
             tk = float(tr[k])
+            if act[k] and tk == 0 and math.isnan(float(lr[k])):
+                terms.append(mp.nan)  # 0 · NaN is NaN: a NaN input is never hidden
             if not act[k] or tk == 0:
                 g.append(zero if not act[k] else -mp.mpf(tk))
                 kg.append(zero)
@@ -628,6 +630,8 @@ def mp_kl_divergence_with_log_targets(
         gt: list[Any] = []
         for k in range(lr.shape[0]):
             lk = float(ltr[k])
+            if act[k] and lk == -np.inf and math.isnan(float(lr[k])):
+                terms.append(mp.nan)  # 0 · NaN is NaN: a NaN input is never hidden
             if not act[k] or lk == -np.inf:
                 g.append(zero)
                 kg.append(zero)
@@ -995,13 +999,28 @@ def np_kl_divergence(
     kg = np.where(act, np.abs(t2), 0.0)
     gt = np.where(pos, d + 1.0, 0.0)
     lead = la.shape[:-1]
+    # 0 · NaN is NaN: a NaN log-prediction makes its row NaN, also under a zero target.
+    nan_row = np.any(act & np.isnan(l2), axis=-1)
     return Ref(
-        _np_rowsum(terms).reshape(lead),
+        np.where(nan_row, np.nan, _np_rowsum(terms)).reshape(lead),
         g.reshape(la.shape),
         _np_rowsum(kap).reshape(lead),
         kg.reshape(la.shape),
         gt.reshape(la.shape),
     )
+
+
+def _np_exp_times(lt: FloatArray, d: FloatArray) -> FloatArray:
+    """``e^{lt}·d`` for finite ``lt``, also where ``e^{lt}`` alone underflows (lt < -708):
+    there as ``sign(d)·exp(lt + log|d|)`` (relative error ~1e-13, plenty for float32 scoring;
+    the mpmath reference has no exponent limit). ``d = ±inf`` gives ``±inf``, ``d = 0`` 0."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        w = np.exp(lt)
+        direct = w * d
+        logged = np.sign(d) * np.exp(lt + np.log(np.abs(d)))
+        out = np.where(w >= _FLOAT64_TINY, direct, logged)
+        out = np.where(np.isinf(d) & np.isfinite(lt), d, out)
+        return np.where(d == 0, 0.0, out)
 
 
 def np_kl_divergence_with_log_targets(
@@ -1013,15 +1032,17 @@ def np_kl_divergence_with_log_targets(
     l2, act = _np_2d(la, where)
     lt2 = ltb.reshape(l2.shape)
     pos = act & (lt2 != -np.inf)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         w = np.where(pos, np.exp(lt2), 0.0)
         d = lt2 - l2
-        terms = np.where(pos, w * d, 0.0)
-        kap = np.where(pos, w * np.abs(l2), 0.0)
-        gt = np.where(pos, w * (d + 1.0), 0.0)
+        terms = np.where(pos, _np_exp_times(lt2, d), 0.0)
+        kap = np.where(pos, _np_exp_times(lt2, np.abs(l2)), 0.0)
+        gt = np.where(pos, _np_exp_times(lt2, d + 1.0), 0.0)
     lead = la.shape[:-1]
+    # 0 · NaN is NaN: a NaN log-prediction makes its row NaN, also under a -inf log target.
+    nan_row = np.any(act & np.isnan(l2), axis=-1)
     return Ref(
-        _np_rowsum(terms).reshape(lead),
+        np.where(nan_row, np.nan, _np_rowsum(terms)).reshape(lead),
         (-w).reshape(la.shape),
         _np_rowsum(kap).reshape(lead),
         w.reshape(la.shape),
