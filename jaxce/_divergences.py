@@ -122,8 +122,15 @@ def kl_divergence_with_log_targets(
     ============================================  ==========  ==================================
     ``log t_k = -inf``                            term 0      0 for both arguments
     ``log t_k`` finite, ``log p_k = -inf``        ``+inf``    ``-t_k`` wrt ``log p_k``
+    ``log t_k < log(tiny)`` (``exp`` underflows,  ``+inf``    0 (``-t_k`` is below the normal
+    e.g. ``-200``), ``log p_k = -inf``                        range)
     masked class                                  excluded    0
     ============================================  ==========  ==================================
+
+    A finite log-target is a positive mass even when :math:`e^{\ell_k}` underflows: its term
+    :math:`e^{\ell_k}(\ell_k - \log p_k)` is formed as a product of normal factors
+    :math:`e^{\ell_k/4}`, so ``log_predictions [-inf, 0]`` with ``log_targets [-200, 0]`` is
+    ``+inf`` (not 0), and ``[-3e38, 0]`` with ``[-100, 0]`` is ``1.1e-5`` (jaxce issue 5).
 
     Args:
       log_predictions: log-probabilities of the prediction, ``[..., num_classes]``.
@@ -177,7 +184,8 @@ def _exp_times(lt: jax.Array, d: jax.Array) -> jax.Array:
     a = jnp.exp(jnp.where(small, lt, zero) * 0.25)
     d_safe = jnp.where(small & ~d_inf, d, zero)
     scaled = (((a * d_safe) * a) * a) * a
-    scaled = jnp.where(d_inf, d, scaled)
+    # +-inf, with derivative 0: the exact derivative wrt lp, -exp(lt), is below the normal range.
+    scaled = jnp.where(d_inf, jax.lax.stop_gradient(d), scaled)
     return jnp.where(small, scaled, safe_mul(jnp.where(small, zero, w), d))
 
 
