@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -188,22 +189,52 @@ def entropy(
 # --------------------------------------------------------------------------------------------
 
 
-def _kl_parts(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
+# Log-ratios of two rows: when the logits differ by at most _NEAR on q's support (and p's
+# support lies inside it), lse(a) - lse(b) = log1p(sum_k q_k expm1(a_k - b_k)) is formed
+# without the rounding of either log-sum-exp (u·|lse|, which swamps a tiny KL for logits of
+# size 1e-4); otherwise log p - log q from the two log-softmaxes.
+_NEAR = 1.0
+
+
+class _Pair(NamedTuple):
+    p: jax.Array
+    q: jax.Array
+    pos_p: jax.Array
+    pos_q: jax.Array
+    delta: jax.Array  # log p - log q where both > 0, else 0
+
+
+def _pair(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> _Pair:
     pa, pb = row_parts(a, where, axes), row_parts(b, where, axes)
     p, q = _p(pa), _p(pb)
-    lp, lq = _log_p(pa), _log_p(pb)
-    pos = p > 0
+    pos_p, pos_q = p > 0, q > 0
+    both = pos_p & pos_q
     zero = jnp.zeros((), a.dtype)
-    # delta = log p - log q on p's support (+inf where q = 0), 0 elsewhere (never inf - inf).
-    delta = jnp.where(pos, jnp.where(pos, lp, zero) - jnp.where(pos, lq, zero), zero)
-    return p, q, pos, delta
+    plain = jnp.where(both, _log_p(pa), zero) - jnp.where(both, _log_p(pb), zero)
+    dx = jnp.where(pos_q, a, zero) - jnp.where(pos_q, b, zero)  # -inf where p = 0 < q
+    near_k = jnp.where(pos_q, dx <= _NEAR, ~pos_p)  # NaN -> False; p > 0 = q -> False
+    near = jnp.all(near_k, axis=axes, keepdims=True)
+    em1 = jnp.expm1(jnp.where(pos_q & near_k, dx, zero))
+    s = row_sum(jnp.where(pos_q, q * em1, zero), axes, keepdims=True)
+    # 1 + s >= 1/2 keeps log1p well conditioned.
+    near = near & (s > -0.5)
+    d = jnp.log1p(jnp.where(near, s, zero))
+    near_delta = jnp.where(both & near, dx, zero) - d
+    delta = jnp.where(both, jnp.where(near, near_delta, plain), zero)
+    return _Pair(p, q, pos_p, pos_q, delta)
+
+
+def _kl_delta(pr: _Pair) -> jax.Array:
+    """log p - log q on p's support: +inf where q = 0 < p."""
+    return jnp.where(pr.pos_p & ~pr.pos_q, jnp.array(jnp.inf, pr.p.dtype), pr.delta)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _kl_logits(
     a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]
 ) -> jax.Array:
-    p, q, pos, delta = _kl_parts(a, b, where, axes)
+    pr = _pair(a, b, where, axes)
+    p, q, pos, delta = pr.p, pr.q, pr.pos_p, _kl_delta(pr)
     # KL = sum_{p_k > 0} p_k phi(delta_k) + sum_{p_k = 0} q_k with phi(d) = e^-d - 1 + d >= 0:
     # the same sum as sum p_k delta_k (because sum q = 1), but of non-negative terms, so two
     # nearly equal distributions give their tiny KL without cancellation.
@@ -215,7 +246,8 @@ def _kl_logits(
 def _kl_logits_jvp(axes: tuple[int, ...], primals, tangents):
     a, b, where = primals
     a_dot, b_dot, _ = tangents
-    p, q, pos, delta = _kl_parts(a, b, where, axes)
+    pr = _pair(a, b, where, axes)
+    p, q, pos, delta = pr.p, pr.q, pr.pos_p, _kl_delta(pr)
     kl = _kl_logits(a, b, where, axes)
     kl_k = jnp.expand_dims(kl, axes)
     inf = jnp.array(jnp.inf, a.dtype)
@@ -326,16 +358,13 @@ def _log_ratio_to_mixture(z: jax.Array) -> jax.Array:
 
 
 def _js_parts(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
-    pa, pb = row_parts(a, where, axes), row_parts(b, where, axes)
-    p, q = _p(pa), _p(pb)
-    lp, lq = _log_p(pa), _log_p(pb)
-    both = (p > 0) & (q > 0)
-    zero = jnp.zeros((), a.dtype)
-    z = jnp.where(both, lq, zero) - jnp.where(both, lp, zero)
+    pr = _pair(a, b, where, axes)
+    both = pr.pos_p & pr.pos_q
+    z = -pr.delta  # log q - log p where both > 0
     # delta_p = log(p/m), delta_q = log(q/m): finite on each support (<= log 2).
     d_p = jnp.where(both, _log_ratio_to_mixture(z), jnp.log(2.0))
     d_q = jnp.where(both, _log_ratio_to_mixture(-z), jnp.log(2.0))
-    return p, q, d_p, d_q
+    return pr.p, pr.q, d_p, d_q
 
 
 def _kl_to_mixture(p: jax.Array, q: jax.Array, d_p: jax.Array, axes) -> jax.Array:
