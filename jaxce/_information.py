@@ -29,7 +29,7 @@ from jax.typing import ArrayLike
 
 from jaxce._checks import Axis, broadcast_pair, canonical_axes, float_array, mask_array
 from jaxce._divergences import bregman_term
-from jaxce._primitives import RowParts, row_parts, row_sum, safe_mul
+from jaxce._primitives import RowParts, _softplus, _two_sum, row_parts, row_sum
 
 __all__ = ["entropy", "jensen_shannon_divergence", "kl_divergence_with_logits"]
 
@@ -47,6 +47,82 @@ def _log_p(parts: RowParts) -> jax.Array:
 def _p(parts: RowParts) -> jax.Array:
     """softmax from the row's parts: ``e / (1 + S')`` (as jaxce.softmax)."""
     return parts.e / (1.0 + parts.s1)
+
+
+def _p_times(parts: RowParts, c: jax.Array) -> jax.Array:
+    """``p_k · c_k`` with ``p = e / (1 + S')``, also where ``p_k`` alone is subnormal.
+
+    A gradient ``p_k (m - x_k - A)`` is normal for ``p_k`` down to ``tiny / 100``; forming
+    ``p_k`` first flushes it to 0 (XLA flushes subnormals). Here ``e_k · c_k`` is
+    ``(e^{s/2} c_k) e^{s/2}`` (``s = x_k - m``; ``s/2`` is exact and both factors are normal
+    wherever the product can be), then divided by ``1 + S'``. A zero-probability class
+    (``s = -inf``) gives 0 whatever ``c`` (0 · inf = 0); ``c = ±inf`` on a class of positive
+    probability gives ``±inf``; NaN propagates.
+    """
+    s = parts.shifted
+    zero = jnp.zeros((), s.dtype)
+    live = ~jnp.isneginf(s)
+    eh = jnp.exp(0.5 * jnp.where(live, s, zero))
+    c_live = jnp.where(live, c, zero)
+    c_fin = jnp.where(jnp.isinf(c_live), zero, c_live)
+    out = ((eh * c_fin) * eh) / (1.0 + parts.s1)
+    out = jnp.where(jnp.isinf(c_live), jax.lax.stop_gradient(c_live), out)
+    return jnp.where(live, out, zero)
+
+
+def _centered(
+    parts: RowParts,
+    pos: jax.Array,
+    d: jax.Array,
+    mean: jax.Array,
+    axes: tuple[int, ...],
+    eps: jax.Array | None = None,
+    eps_mean: jax.Array | None = None,
+) -> jax.Array:
+    """``d_j - mean`` with ``mean = sum_k p_k d_k`` (given, accurate), on p's support.
+
+    At a dominant class (``p_j > 1/2``) the two are nearly equal and the difference is
+    formed as ``sum_{k != j} p_k (d_j - d_k)`` instead (non-cancelling for ``p_j → 1``: the
+    gradient ``p_j (d_j - mean)`` of a confident policy is then accurate to its own size).
+    With ``eps = c - d`` for a constant ``c`` (and ``eps_mean = c - mean``), each difference is
+    taken in whichever of the two forms has the smaller operands (``eps`` small: JS of nearly
+    disjoint distributions, where ``d = log 2 - eps``).
+    """
+    zero = jnp.zeros((), d.dtype)
+    d = jnp.where(pos, d, zero)
+    plain = d - mean
+    dom = parts.top & (parts.n_top == 1) & (parts.s1 < 1.0) & pos
+    d_top = jnp.sum(jnp.where(dom, d, zero), axis=axes, keepdims=True)
+    diffs = d_top - d
+    if eps is not None and eps_mean is not None:
+        eps = jnp.where(pos, eps, zero)
+        use_eps = jnp.abs(d) + jnp.abs(mean) > jnp.abs(eps) + jnp.abs(eps_mean)
+        plain = jnp.where(use_eps, eps_mean - eps, plain)
+        e_top = jnp.sum(jnp.where(dom, eps, zero), axis=axes, keepdims=True)
+        use_eps = jnp.abs(d_top) + jnp.abs(d) > jnp.abs(e_top) + jnp.abs(eps)
+        diffs = jnp.where(use_eps, eps - e_top, diffs)
+    rest = row_sum(
+        jnp.where(dom | ~pos, zero, _p_times(parts, jnp.where(pos, diffs, zero))),
+        axes,
+        keepdims=True,
+    )
+    return jnp.where(dom, rest, plain)
+
+
+_SCALE = 2.0**64
+
+
+def _small_row_sum(terms_of, axes: tuple[int, ...], keepdims: bool = False) -> jax.Array:
+    """``row_sum(terms_of(1))``, but a row whose terms are below the normal range one by one
+    (XLA flushes them to 0) while their sum is not, is summed scaled by ``2^64`` instead.
+
+    ``terms_of(scale)`` returns the terms computed with their weights multiplied by ``scale``
+    (an exact power of 2); the scaled sum is used where the plain one is below ``2^-60``, where
+    no scaled term can overflow.
+    """
+    plain = row_sum(terms_of(1.0), axes, keepdims)
+    scaled = row_sum(terms_of(_SCALE), axes, keepdims) * (1.0 / _SCALE)
+    return jnp.where(plain < 2.0**-60, scaled, plain)
 
 
 def _log_base(base: object) -> float | None:
@@ -101,7 +177,7 @@ def _entropy_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...])
     p = _p(parts)
     neg_s = -parts.shifted  # m - x_k >= 0 (+inf at masked and -inf classes)
     # A = sum p_k (m - x_k): non-negative terms; 0 · inf = 0 at zero-probability classes.
-    a = row_sum(safe_mul(p, neg_s), axes, keepdims=True)
+    a = _small_row_sum(lambda sc: _p_times(parts, neg_s * sc), axes, keepdims=True)
     return parts, p, neg_s, a
 
 
@@ -117,9 +193,9 @@ def _entropy(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> ja
 def _entropy_jvp(axes: tuple[int, ...], primals, tangents):
     x, where = primals
     x_dot, _ = tangents
-    _, p, neg_s, a = _entropy_parts(x, where, axes)
+    parts, _, neg_s, a = _entropy_parts(x, where, axes)
     # dH/dx_j = p_j (-log p_j - H) = p_j ((m - x_j) - A): log1p(S') cancels exactly.
-    g = _zero_masked(safe_mul(p, neg_s - a), where)
+    g = _zero_masked(_p_times(parts, neg_s - a), where)
     return _entropy(x, where, axes), jnp.sum(g * x_dot, axis=axes)
 
 
@@ -145,8 +221,9 @@ def entropy(
 
     a sum of non-negative terms: a near-deterministic distribution keeps full relative
     precision (``logits [0, -80]``: ``H = 81 e^{-80} = 1.46e-33``; ``-sum(p * log_softmax)``
-    gives ``0``). A zero-probability class contributes ``0 · inf = 0``
-    (:func:`jaxce.safe_mul`). Gradient :math:`\partial H/\partial x_j = p_j(-\log p_j - H)
+    loses the ``log1p(S')`` part and is 1.2% off). A zero-probability class contributes
+    ``0 · inf = 0``; terms that are subnormal one by one are summed scaled by ``2^64``.
+    Gradient :math:`\partial H/\partial x_j = p_j(-\log p_j - H)
     = p_j((m - x_j) - \sum_k p_k (m - x_k))`, where ``log1p(S')`` cancels exactly. Condition
     number scored against: :math:`\kappa = \sum_j |x_j|\,p_j\,|\log p_j + H|`.
 
@@ -189,14 +266,17 @@ def entropy(
 # --------------------------------------------------------------------------------------------
 
 
-# Log-ratios of two rows: when the logits differ by at most _NEAR on q's support (and p's
-# support lies inside it), lse(a) - lse(b) = log1p(sum_k q_k expm1(a_k - b_k)) is formed
-# without the rounding of either log-sum-exp (u·|lse|, which swamps a tiny KL for logits of
-# size 1e-4); otherwise log p - log q from the two log-softmaxes.
-_NEAR = 1.0
+# Log-ratios of two rows: with dx_k = (a_k - m_a) - (b_k - m_b), log p_k - log q_k =
+# dx_k - D with D = log1p(S'_a) - log1p(S'_b) = log1p(sum_k q_k expm1(dx_k)). That form has no
+# rounding of either log1p (u·log V, which swamps a tiny KL for logits of size 1e-4); it is used
+# where its own rounding is smaller (p's support inside q's); otherwise log p - log q from the
+# two log-softmaxes.
+_NEAR = 80.0  # expm1(dx) stays finite
 
 
 class _Pair(NamedTuple):
+    parts_p: RowParts
+    parts_q: RowParts
     p: jax.Array
     q: jax.Array
     pos_p: jax.Array
@@ -207,21 +287,33 @@ class _Pair(NamedTuple):
 def _pair(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> _Pair:
     pa, pb = row_parts(a, where, axes), row_parts(b, where, axes)
     p, q = _p(pa), _p(pb)
-    pos_p, pos_q = p > 0, q > 0
+    # Present classes: finite shifted logit (p may still underflow; p = 0 exactly only for
+    # masked and -inf classes, and for the finite ones of a +inf row).
+    pos_p, pos_q = ~jnp.isneginf(pa.shifted), ~jnp.isneginf(pb.shifted)
     both = pos_p & pos_q
     zero = jnp.zeros((), a.dtype)
     plain = jnp.where(both, _log_p(pa), zero) - jnp.where(both, _log_p(pb), zero)
-    dx = jnp.where(pos_q, a, zero) - jnp.where(pos_q, b, zero)  # -inf where p = 0 < q
-    near_k = jnp.where(pos_q, dx <= _NEAR, ~pos_p)  # NaN -> False; p > 0 = q -> False
-    near = jnp.all(near_k, axis=axes, keepdims=True)
-    em1 = jnp.expm1(jnp.where(pos_q & near_k, dx, zero))
+    # dx = (a_k - b_k) - (m_a - m_b), each difference with its rounding error carried (two-sum):
+    # accurate to an ulp of dx itself, and exactly 0 when the rows are shifts of each other.
+    fin_row = jnp.isfinite(pa.m) & jnp.isfinite(pb.m)
+    live = both & fin_row
+    d1, e1 = _two_sum(jnp.where(live, a, zero), -jnp.where(live, b, zero))
+    d2, e2 = _two_sum(jnp.where(fin_row, pa.m, zero), -jnp.where(fin_row, pb.m, zero))
+    dx = (d1 - d2) + (e1 - e2)
+    near_k = jnp.where(pos_q, ~pos_p | (dx <= _NEAR), ~pos_p)  # p's support inside q's
+    near = jnp.all(near_k, axis=axes, keepdims=True) & fin_row
+    em1 = jnp.where(pos_p, jnp.expm1(jnp.where(live & (dx <= _NEAR), dx, zero)), zero - 1.0)
     s = row_sum(jnp.where(pos_q, q * em1, zero), axes, keepdims=True)
-    # 1 + s >= 1/2 keeps log1p well conditioned.
-    near = near & (s > -0.5)
+    # Rounding of D through s: u·sum q|expm1(dx)| / (1 + s); through the two log1p: u·(L_a +
+    # L_b). Take the smaller (1 + s near 0, or large dx, make the first large).
+    err_s = row_sum(jnp.where(pos_q, q * jnp.abs(em1), zero), axes, keepdims=True)
+    err_plain = jnp.log1p(pa.s1) + jnp.log1p(pb.s1)
+    one_s = 1.0 + jnp.where(near, s, zero)
+    near = near & (one_s > 0.0) & (err_s <= err_plain * one_s)
     d = jnp.log1p(jnp.where(near, s, zero))
-    near_delta = jnp.where(both & near, dx, zero) - d
+    near_delta = jnp.where(live, dx, zero) - d
     delta = jnp.where(both, jnp.where(near, near_delta, plain), zero)
-    return _Pair(p, q, pos_p, pos_q, delta)
+    return _Pair(pa, pb, p, q, pos_p, pos_q, delta)
 
 
 def _kl_delta(pr: _Pair) -> jax.Array:
@@ -235,11 +327,16 @@ def _kl_logits(
 ) -> jax.Array:
     pr = _pair(a, b, where, axes)
     p, q, pos, delta = pr.p, pr.q, pr.pos_p, _kl_delta(pr)
+
     # KL = sum_{p_k > 0} p_k phi(delta_k) + sum_{p_k = 0} q_k with phi(d) = e^-d - 1 + d >= 0:
     # the same sum as sum p_k delta_k (because sum q = 1), but of non-negative terms, so two
     # nearly equal distributions give their tiny KL without cancellation.
-    terms = jnp.where(pos, bregman_term(jnp.where(pos, p, 1.0), q, delta), q)
-    return row_sum(_zero_masked(terms, where), axes)
+    def terms(sc: float) -> jax.Array:
+        qs = q * sc
+        t = jnp.where(pos, bregman_term(jnp.where(pos, p, 1.0) * sc, qs, delta), qs)
+        return _zero_masked(t, where)
+
+    return _small_row_sum(terms, axes)
 
 
 @_kl_logits.defjvp
@@ -253,9 +350,11 @@ def _kl_logits_jvp(axes: tuple[int, ...], primals, tangents):
     inf = jnp.array(jnp.inf, a.dtype)
     # d/da_j = p_j (delta_j - KL); with KL = +inf (an action masked in q only) the limit is
     # +inf on the classes with q = 0 and -inf on the others of p's support.
-    diff = jnp.where(jnp.isposinf(delta), inf, delta - jnp.where(jnp.isinf(kl_k), 0.0, kl_k))
-    diff = jnp.where(jnp.isinf(kl_k) & ~jnp.isposinf(delta), -inf, diff)
-    g_a = _zero_masked(safe_mul(p, jnp.where(pos, diff, 0.0)), where)
+    finite = ~jnp.isinf(kl_k)
+    fin_delta = jnp.where(finite, delta, 0.0)
+    diff = _centered(pr.parts_p, pos, fin_delta, jnp.where(finite, kl_k, 0.0), axes)
+    diff = jnp.where(finite, diff, jnp.where(jnp.isposinf(delta), inf, -inf))
+    g_a = _zero_masked(_p_times(pr.parts_p, jnp.where(pos, diff, 0.0)), where)
     # d/db_j = q_j - p_j, as p_j expm1(-delta_j) where q is close to p (no cancellation).
     near = pos & (delta > -1.0)
     g_b = jnp.where(near, p * jnp.expm1(-jnp.where(near, delta, 0.0)), q - p)
@@ -358,7 +457,10 @@ def _log_ratio_to_mixture(z: jax.Array) -> jax.Array:
 
 
 def _js_parts(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
-    pr = _pair(a, b, where, axes)
+    return _js_parts_of(_pair(a, b, where, axes))
+
+
+def _js_parts_of(pr: _Pair):
     both = pr.pos_p & pr.pos_q
     z = -pr.delta  # log q - log p where both > 0
     # delta_p = log(p/m), delta_q = log(q/m): finite on each support (<= log 2).
@@ -378,8 +480,13 @@ def _kl_to_mixture(p: jax.Array, q: jax.Array, d_p: jax.Array, axes) -> jax.Arra
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _js(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
     p, q, d_p, d_q = _js_parts(a, b, where, axes)
-    terms = _kl_to_mixture(p, q, d_p, axes) + _kl_to_mixture(q, p, d_q, axes)
-    return 0.5 * row_sum(_zero_masked(terms, where), axes)
+
+    def terms(sc: float) -> jax.Array:
+        ps, qs = p * sc, q * sc
+        t = _kl_to_mixture(ps, qs, d_p, axes) + _kl_to_mixture(qs, ps, d_q, axes)
+        return _zero_masked(t, where)
+
+    return 0.5 * _small_row_sum(terms, axes)
 
 
 def _kl_to_mixture_sum(p, q, d_p, where, axes):
@@ -390,12 +497,23 @@ def _kl_to_mixture_sum(p, q, d_p, where, axes):
 def _js_jvp(axes: tuple[int, ...], primals, tangents):
     a, b, where = primals
     a_dot, b_dot, _ = tangents
-    p, q, d_p, d_q = _js_parts(a, b, where, axes)
+    pr = _pair(a, b, where, axes)
+    p, q, d_p, d_q = _js_parts_of(pr)
     k_p = _kl_to_mixture_sum(p, q, d_p, where, axes)
     k_q = _kl_to_mixture_sum(q, p, d_q, where, axes)
     # dJS/da_j = p_j (log(p_j/m_j) - KL(p||m)) / 2, and symmetrically for b: always finite.
-    g_a = _zero_masked(safe_mul(p, d_p - k_p), where)
-    g_b = _zero_masked(safe_mul(q, d_q - k_q), where)
+    # eps = log 2 - log(p/m) = softplus(log q - log p) >= 0 (0 where q = 0): the small form
+    # when the supports barely overlap, with sum_k p_k eps_k = log 2 - KL(p||m) >= 0.
+    both = pr.pos_p & pr.pos_q
+    z = jnp.where(both, -pr.delta, 0.0)
+    e_p = jnp.where(both, _softplus(z), 0.0)
+    e_q = jnp.where(both, _softplus(-z), 0.0)
+    m_p = _small_row_sum(lambda sc: _p_times(pr.parts_p, e_p * sc), axes, keepdims=True)
+    m_q = _small_row_sum(lambda sc: _p_times(pr.parts_q, e_q * sc), axes, keepdims=True)
+    c_p = _centered(pr.parts_p, pr.pos_p, d_p, k_p, axes, e_p, m_p)
+    c_q = _centered(pr.parts_q, pr.pos_q, d_q, k_q, axes, e_q, m_q)
+    g_a = _zero_masked(_p_times(pr.parts_p, jnp.where(pr.pos_p, c_p, 0.0)), where)
+    g_b = _zero_masked(_p_times(pr.parts_q, jnp.where(pr.pos_q, c_q, 0.0)), where)
     out = _js(a, b, where, axes)
     return out, 0.5 * (jnp.sum(g_a * a_dot, axis=axes) + jnp.sum(g_b * b_dot, axis=axes))
 

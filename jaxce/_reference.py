@@ -1202,6 +1202,27 @@ def _abs_affine_sums(w: FloatArray, e: FloatArray, c: FloatArray) -> FloatArray:
     return np.abs(c * (hi_w - lo_w) + (hi_we - lo_we))
 
 
+def _sum_excluding(w: FloatArray) -> FloatArray:
+    """``Σ_{i≠j} w_i`` for every j (w >= 0): ``total − w_j``, except at the largest ``w_j``
+    (the only one that can be most of the total), summed directly there."""
+    out = np.sum(w) - w
+    j = int(np.argmax(w))
+    out[j] = np.sum(np.delete(w, j))
+    return np.maximum(out, 0.0)
+
+
+def _abs_affine_sums_excl(w: FloatArray, e: FloatArray, c: FloatArray) -> FloatArray:
+    """``Σ_{i≠j} w_i·|c_j + e_i|``, the dominant j recomputed without its own term."""
+    w = np.where(w > 0, w, 0.0)
+    e = np.where(w > 0, e, 0.0)
+    out = np.maximum(_abs_affine_sums(w, e, c) - w * np.abs(c + e), 0.0)
+    j = int(np.argmax(w))
+    w2 = w.copy()
+    w2[j] = 0.0
+    out[j] = _abs_affine_sums(w2, e, c[j : j + 1])[0]
+    return out
+
+
 def _mp_floats(vals: list[Any]) -> FloatArray:
     return np.array([float(v) for v in vals], dtype=np.float64)
 
@@ -1287,21 +1308,21 @@ def mp_entropy(x: npt.ArrayLike, where: npt.ArrayLike | None = None, dps: int = 
         ell = [mk(v) for v in c.nlp]
         if c.kind == "empty":
             return Ref(zero, [zero] * V, zero, [zero] * V)
+        omp = _mp_floats([mk(v) for v in c.q])  # 1 − p, exact also for the top class
         H = mp.fsum(p[k] * ell[k] for k in range(V) if not c.zp[k])
-        g = [zero if c.zp[k] else p[k] * (ell[k] - H) for k in range(V)]
+        ell_h = [zero if c.zp[k] else ell[k] - H for k in range(V)]
+        g = [zero if c.zp[k] else p[k] * ell_h[k] for k in range(V)]
         if c.kind == "posinf":
             return Ref(H, g, zero, [zero] * V)
     xa = np.where(_as_mask(where, xr.shape), xr, -np.inf)
     ax = _fin_abs(xa)
     pf = _mp_floats(p)
-    lf = np.where(pf > 0, _mp_floats(ell), 0.0)
-    Hf = float(H)
     gf = _mp_floats(g)
     kappa = float(np.sum(ax * np.abs(gf)))
-    cj = lf - Hf - 1.0
-    ei = lf - Hf
-    off = _abs_affine_sums(ax * pf, ei, cj) - ax * pf * np.abs(cj + ei)
-    diag = np.abs((1.0 - pf) * cj - pf * ei)
+    ei = np.where(pf > 0, _mp_floats(ell_h), 0.0)  # ℓ − H, from mpmath (no cancellation)
+    cj = ei - 1.0
+    off = _abs_affine_sums_excl(ax * pf, ei, cj)
+    diag = np.abs(omp * cj - pf * ei)
     kg = pf * (off + ax * diag)
     return Ref(H, g, mp.mpf(kappa), [mp.mpf(float(v)) for v in kg])
 
@@ -1327,7 +1348,8 @@ def mp_kl_divergence_with_logits(
     p_j(δ_j − KL), ∂/∂b_j = q_j − p_j. κ = Σ|a_j ∂_{a_j}| + Σ|b_j ∂_{b_j}|; κ_grad from the
     Hessian: ∂²/∂a_i∂a_j = p_j[(δ_ij − p_i)(δ_j − KL + 1) − p_i(δ_i − KL)],
     ∂²/∂b_i∂a_j = −p_j(δ_ij − p_i), ∂²/∂b_i∂b_j = q_j(δ_ij − q_i). Rows with a NaN give NaN
-    (κ 0); an infinite KL gives no scored gradient wrt a (NaN reference, κ 0).
+    (κ 0); an infinite KL (q_k = 0 < p_k) has ∂/∂a = ±inf on p's support (the limit: +inf
+    where q = 0, −inf elsewhere) and the finite ∂/∂b = q − p.
     """
     with _workdps(dps) as mp:
         ar, br, ca, cb = _mp_two_rows(a, b, where, mp)
@@ -1337,37 +1359,37 @@ def mp_kl_divergence_with_logits(
             return Ref(mp.nan, [mp.nan] * (2 * V), zero, [zero] * (2 * V))
         mk = mp.make_mpf
         p, q = [mk(v) for v in ca.p], [mk(v) for v in cb.p]
+        omp, omq = _mp_floats([mk(v) for v in ca.q]), _mp_floats([mk(v) for v in cb.q])
         lp = [-mk(v) for v in ca.nlp]
         lq = [-mk(v) for v in cb.nlp]
         infinite = any((p[k] > 0) and q[k] == 0 for k in range(V))
         d = [lp[k] - lq[k] if (p[k] > 0 and q[k] > 0) else zero for k in range(V)]
         K = mp.inf if infinite else mp.fsum(p[k] * d[k] for k in range(V) if p[k] > 0)
         gb = [q[k] - p[k] for k in range(V)]
-        if infinite:
-            ga = [mp.nan if p[k] > 0 else zero for k in range(V)]
+        if infinite:  # the limit as q_k -> 0: +inf where q_k = 0 < p_k, -inf elsewhere on p
+            ga = [(mp.inf if q[k] == 0 else -mp.inf) if p[k] > 0 else zero for k in range(V)]
         else:
-            ga = [p[k] * (d[k] - K) if p[k] > 0 else zero for k in range(V)]
+            dk = [d[k] - K if p[k] > 0 else zero for k in range(V)]
+            ga = [p[k] * dk[k] for k in range(V)]
     act = _as_mask(where, ar.shape)
     axa = _fin_abs(np.where(act, ar, 0.0))
     axb = _fin_abs(np.where(act, br, 0.0))
     pf, qf = _mp_floats(p), _mp_floats(q)
     gbf = _mp_floats(gb)
-    n_a = axa * (1.0 - pf) + (np.sum(axa * pf) - axa * pf)  # Σ_i |a_i|·|δ_ij − p_i|
-    n_b = axb * (1.0 - qf) + (np.sum(axb * qf) - axb * qf)
+    n_a = axa * omp + _sum_excluding(axa * pf)  # Σ_i |a_i|·|δ_ij − p_i|
+    n_b = axb * omq + _sum_excluding(axb * qf)
     kg_b = pf * n_a + qf * n_b
     if infinite:
         kappa = float(np.sum(axb * np.abs(gbf)))
         return Ref(K, ga + gb, mp.mpf(kappa), [zero] * V + [mp.mpf(float(v)) for v in kg_b])
     gaf = _mp_floats(ga)
-    df = _mp_floats(d)
-    Kf = float(K)
     kappa = float(np.sum(axa * np.abs(gaf)) + np.sum(axb * np.abs(gbf)))
-    cj = df - Kf + 1.0
-    ei = df - Kf
+    ei = _mp_floats(dk)  # δ − KL, from mpmath (no cancellation at the dominant class)
+    cj = ei + 1.0
     wa = axa * pf
-    off = _abs_affine_sums(wa, ei, cj) - wa * np.abs(cj + ei)
-    diag = np.abs((1.0 - pf) * cj - pf * ei)
-    n_ab = axb * (1.0 - pf) + (np.sum(axb * pf) - axb * pf)  # Σ_i |b_i|·|δ_ij − p_i|
+    off = _abs_affine_sums_excl(wa, ei, cj)
+    diag = np.abs(omp * cj - pf * ei)
+    n_ab = axb * omp + _sum_excluding(axb * pf)  # Σ_i |b_i|·|δ_ij − p_i|
     kg_a = pf * (off + axa * diag) + pf * n_ab
     with _workdps(dps) as mp:
         kgl = [mp.mpf(float(v)) for v in np.concatenate([kg_a, kg_b])]
@@ -1375,24 +1397,33 @@ def mp_kl_divergence_with_logits(
 
 
 def _js_kappa_grad_side(
-    pf: FloatArray, qf: FloatArray, dpf: FloatArray, kp: float, axa: FloatArray, axb: FloatArray
+    pf: FloatArray,
+    qf: FloatArray,
+    dpf: FloatArray,
+    kp: float,
+    axa: FloatArray,
+    axb: FloatArray,
+    omp: FloatArray,
+    omq: FloatArray,
 ) -> FloatArray:
-    """κ of g^a_j = ½p_j(dp_j − Kp) (dp = log(p/m)), from the Hessian (see mp_jensen_shannon)."""
+    """κ of g^a_j = ½p_j(dp_j − Kp) (dp = log(p/m)), from the Hessian (see mp_jensen_shannon).
+
+    ``dpf`` holds dp − Kp (exact, from mpmath) and ``kp`` is then 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
         s = pf + qf
         rho = np.where(s > 0, qf / s, 0.0)  # q/(p+q)
         sig = np.where(s > 0, pf / s, 0.0)  # p/(p+q)
     R = float(np.sum(pf * rho))
-    dp = np.where(pf > 0, dpf, 0.0)
-    c = dp - kp + rho
-    e = dp - kp + rho - R
+    dk = np.where(pf > 0, dpf, 0.0)  # log(p/m) − KL(p‖m), from mpmath
+    c = dk + rho
+    e = dk + (rho - R)
     wa = axa * pf
-    off_a = _abs_affine_sums(wa, e, c) - wa * np.abs(c + e)
-    diag_a = np.abs((1.0 - pf) * c - pf * e)
+    off_a = _abs_affine_sums_excl(wa, e, c)
+    diag_a = np.abs(omp * c - pf * e)
     c2 = rho - R
     wb = axb * qf
-    off_b = _abs_affine_sums(wb, sig, c2) - wb * np.abs(c2 + sig)
-    diag_b = np.abs(-(1.0 - qf) * rho + pf * rho - qf * R)
+    off_b = _abs_affine_sums_excl(wb, sig, c2)
+    diag_b = np.abs(-omq * rho + pf * rho - qf * R)
     return 0.5 * pf * (off_a + axa * diag_a + off_b + axb * diag_b)
 
 
@@ -1418,6 +1449,7 @@ def mp_jensen_shannon_divergence(
             return Ref(mp.nan, [mp.nan] * (2 * V), zero, [zero] * (2 * V))
         mk = mp.make_mpf
         p, q = [mk(v) for v in ca.p], [mk(v) for v in cb.p]
+        omp, omq = _mp_floats([mk(v) for v in ca.q]), _mp_floats([mk(v) for v in cb.q])
         lp = [-mk(v) for v in ca.nlp]
         lq = [-mk(v) for v in cb.nlp]
         log2 = mp.log(2)
@@ -1442,8 +1474,10 @@ def mp_jensen_shannon_divergence(
     axb = _fin_abs(np.where(act, br, 0.0))
     pf, qf = _mp_floats(p), _mp_floats(q)
     kappa = float(np.sum(axa * np.abs(_mp_floats(ga))) + np.sum(axb * np.abs(_mp_floats(gb))))
-    kg_a = _js_kappa_grad_side(pf, qf, _mp_floats(dp), float(kp), axa, axb)
-    kg_b = _js_kappa_grad_side(qf, pf, _mp_floats(dq), float(kq), axb, axa)
+    dpk = _mp_floats([2 * v / p[k] if p[k] > 0 else v for k, v in enumerate(ga)])
+    dqk = _mp_floats([2 * v / q[k] if q[k] > 0 else v for k, v in enumerate(gb)])
+    kg_a = _js_kappa_grad_side(pf, qf, dpk, 0.0, axa, axb, omp, omq)
+    kg_b = _js_kappa_grad_side(qf, pf, dqk, 0.0, axb, axa, omq, omp)
     with _workdps(dps) as mp:
         kgl = [mp.mpf(float(v)) for v in np.concatenate([kg_a, kg_b])]
         return Ref(js, ga + gb, mp.mpf(kappa), kgl)
