@@ -1365,7 +1365,12 @@ def mp_kl_divergence_with_logits(
         infinite = any((p[k] > 0) and q[k] == 0 for k in range(V))
         d = [lp[k] - lq[k] if (p[k] > 0 and q[k] > 0) else zero for k in range(V)]
         K = mp.inf if infinite else mp.fsum(p[k] * d[k] for k in range(V) if p[k] > 0)
-        gb = [q[k] - p[k] for k in range(V)]
+        omp_m, omq_m = [mk(v) for v in ca.q], [mk(v) for v in cb.q]
+        half = mp.mpf(0.5)
+        # q − p; as (1 − p) − (1 − q) where both are dominant (no cancellation at dps digits).
+        gb = [
+            omp_m[k] - omq_m[k] if (p[k] > half and q[k] > half) else q[k] - p[k] for k in range(V)
+        ]
         if infinite:  # the limit as q_k -> 0: +inf where q_k = 0 < p_k, -inf elsewhere on p
             ga = [(mp.inf if q[k] == 0 else -mp.inf) if p[k] > 0 else zero for k in range(V)]
         else:
@@ -1454,21 +1459,28 @@ def mp_jensen_shannon_divergence(
         lq = [-mk(v) for v in cb.nlp]
         log2 = mp.log(2)
 
-        def dlog(k: int, own: list[Any], other: list[Any], lo: list[Any], lot: list[Any]) -> Any:
-            # log(own/m) = log 2 − log(1 + other/own), from the log-probabilities.
-            if own[k] == 0:
+        def eps(k: int, own: list[Any], other: list[Any], lo: list[Any], lot: list[Any]) -> Any:
+            # log 2 − log(own/m) = log(1 + other/own), from the log-probabilities.
+            if own[k] == 0 or other[k] == 0:
                 return zero
-            if other[k] == 0:
-                return log2
-            return log2 - mp.log1p(mp.exp(lot[k] - lo[k]))
+            return mp.log1p(mp.exp(lot[k] - lo[k]))
+
+        def dlog(k: int, own: list[Any], other: list[Any], lo: list[Any], lot: list[Any]) -> Any:
+            return zero if own[k] == 0 else log2 - eps(k, own, other, lo, lot)
 
         dp = [dlog(k, p, q, lp, lq) for k in range(V)]
         dq = [dlog(k, q, p, lq, lp) for k in range(V)]
         kp = mp.fsum(p[k] * dp[k] for k in range(V) if p[k] > 0)
         kq = mp.fsum(q[k] * dq[k] for k in range(V) if q[k] > 0)
         js = (kp + kq) / 2
-        ga = [p[k] * (dp[k] - kp) / 2 if p[k] > 0 else zero for k in range(V)]
-        gb = [q[k] * (dq[k] - kq) / 2 if q[k] > 0 else zero for k in range(V)]
+        # Gradients in the eps form, eps = log 2 − log(p/m) (small where the supports barely
+        # overlap): log(p_j/m_j) − KL(p‖m) = Σ_k p_k eps_k − eps_j, as Σ p = 1.
+        ep = [eps(k, p, q, lp, lq) for k in range(V)]
+        eq = [eps(k, q, p, lq, lp) for k in range(V)]
+        sp = mp.fsum(p[k] * ep[k] for k in range(V))
+        sq = mp.fsum(q[k] * eq[k] for k in range(V))
+        ga = [p[k] * (sp - ep[k]) / 2 if p[k] > 0 else zero for k in range(V)]
+        gb = [q[k] * (sq - eq[k]) / 2 if q[k] > 0 else zero for k in range(V)]
     act = _as_mask(where, ar.shape)
     axa = _fin_abs(np.where(act, ar, 0.0))
     axb = _fin_abs(np.where(act, br, 0.0))
