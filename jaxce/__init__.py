@@ -6,10 +6,15 @@ with custom derivative rules. See ``shared/NUMERICS.md`` in the project for the 
 standard (condition-scaled ulps).
 """
 
+from jaxce._divergences import convex_kl_divergence as convex_kl_divergence
+from jaxce._divergences import generalized_kl_divergence as generalized_kl_divergence
 from jaxce._divergences import kl_divergence as kl_divergence
 from jaxce._divergences import kl_divergence_with_log_targets as kl_divergence_with_log_targets
 from jaxce._focal import poly_loss_cross_entropy as poly_loss_cross_entropy
 from jaxce._focal import softmax_focal_loss as softmax_focal_loss
+from jaxce._information import entropy as entropy
+from jaxce._information import jensen_shannon_divergence as jensen_shannon_divergence
+from jaxce._information import kl_divergence_with_logits as kl_divergence_with_logits
 from jaxce._primitives import log_sigmoid as log_sigmoid
 from jaxce._primitives import log_softmax as log_softmax
 from jaxce._primitives import logsumexp as logsumexp
@@ -43,8 +48,13 @@ LOSSES = (
 __all__ = [
     "LOSSES",
     "checked",
+    "convex_kl_divergence",
+    "entropy",
+    "generalized_kl_divergence",
+    "jensen_shannon_divergence",
     "kl_divergence",
     "kl_divergence_with_log_targets",
+    "kl_divergence_with_logits",
     "log_sigmoid",
     "log_softmax",
     "logsumexp",
