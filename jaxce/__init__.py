@@ -16,7 +16,12 @@ from jaxce._primitives import sigmoid as sigmoid
 from jaxce._primitives import softmax as softmax
 from jaxce._primitives import softplus as softplus
 from jaxce._primitives import xlogy as xlogy
+from jaxce._probabilities import binary_cross_entropy as binary_cross_entropy
+from jaxce._probabilities import categorical_cross_entropy as categorical_cross_entropy
+from jaxce._probabilities import log_odds as log_odds
+from jaxce._probabilities import logit as logit
 from jaxce._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jaxce._sigmoid import sigmoid_focal_loss as sigmoid_focal_loss
 from jaxce._softmax import safe_softmax_cross_entropy as safe_softmax_cross_entropy
 from jaxce._softmax import softmax_cross_entropy as softmax_cross_entropy
 from jaxce._softmax import (
@@ -39,16 +44,21 @@ LOSSES = (
 
 __all__ = [
     "LOSSES",
+    "binary_cross_entropy",
+    "categorical_cross_entropy",
     "checked",
     "kl_divergence",
     "kl_divergence_with_log_targets",
+    "log_odds",
     "log_sigmoid",
     "log_softmax",
+    "logit",
     "logsumexp",
     "safe_mul",
     "safe_softmax_cross_entropy",
     "sigmoid",
     "sigmoid_binary_cross_entropy",
+    "sigmoid_focal_loss",
     "softmax",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",

@@ -102,8 +102,9 @@ def sigmoid_binary_cross_entropy(
     With the keyword-only extras (each left out of the computation at its default):
 
     .. math::
-       x' = \operatorname{cap}(x / T),\quad t' = (1 - \varepsilon)\,t + \varepsilon/2,\quad
-       \ell = w\,\big[\,p_w\,t'\operatorname{softplus}(-x') + (1 - t')\operatorname{softplus}(x')\big]
+       x' = \operatorname{cap}(x / T),\quad t' = (1 - \varepsilon)\,t + \varepsilon/2,
+
+       \ell = w\,\big[p_w t' \operatorname{softplus}(-x') + (1 - t') \operatorname{softplus}(x')\big]
 
     ``pos_weight`` :math:`p_w` is PyTorch's (``BCEWithLogitsLoss``): it scales the positive
     term only; label smoothing is Keras' ``BinaryCrossentropy`` rule (toward 1/2).
@@ -380,7 +381,7 @@ def sigmoid_focal_loss(
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
     check_probabilities("labels", t)
     has_alpha = alpha is not None
-    a = _unit_scalar("alpha", alpha, x.dtype) if has_alpha else jnp.zeros((), x.dtype)
+    a = jnp.zeros((), x.dtype) if alpha is None else _unit_scalar("alpha", alpha, x.dtype)
     g = jnp.asarray(gamma)
     if g.ndim != 0 or not (
         jnp.issubdtype(g.dtype, jnp.floating) or jnp.issubdtype(g.dtype, jnp.integer)

@@ -10,6 +10,10 @@ returns NaN.
 ``jaxce.torch`` does not import PyTorch.
 """
 
+from jaxce.torch._binary import binary_cross_entropy as binary_cross_entropy
+from jaxce.torch._binary import (
+    binary_cross_entropy_with_logits as binary_cross_entropy_with_logits,
+)
 from jaxce.torch._reduction import REDUCTIONS as REDUCTIONS
 
-__all__ = ["REDUCTIONS"]
+__all__ = ["REDUCTIONS", "binary_cross_entropy", "binary_cross_entropy_with_logits"]

@@ -1,0 +1,296 @@
+r"""Losses from probabilities (not logits), and the logit (log-odds) function.
+
+For code that already holds probabilities (a sigmoid/softmax output, a model that emits them).
+They are exact where the usual implementations clip: Keras/TF clip probabilities to
+``[1e-7, 1 - 1e-7]`` (so the gradient is 0 below ``1e-7`` and the loss saturates at 16.1) and
+PyTorch clamps each log term at ``-100``. Here ``0·log 0 = 0`` in value and derivative
+(:func:`jaxce.xlogy`, :func:`jaxce.safe_mul`), ``log(1 - p)`` is ``log1p(-p)``, and a positive
+target on a zero probability gives ``+inf`` (the true value). When logits are available, prefer
+the logit losses: they are accurate where a probability has already rounded to 0 or 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from jaxce._checks import (
+    Axis,
+    canonical_axes,
+    class_weights,
+    float_array,
+    mask_array,
+    same_rank_broadcast,
+)
+from jaxce._primitives import row_sum, safe_mul, xlogy
+from jaxce._sigmoid import _elementwise_weight
+from jaxce._validate import (
+    check_class_indices,
+    check_nonnegative,
+    check_probabilities,
+    nan_where,
+    negative,
+    outside_unit_interval,
+    targets_checked,
+)
+
+__all__ = ["binary_cross_entropy", "categorical_cross_entropy", "log_odds", "logit"]
+
+
+def _neg_xlog1my(t: jax.Array, p: jax.Array) -> jax.Array:
+    """``-(t · log(1 - p))`` as ``-t · log1p(-p)``, with the zero convention where ``t == 0``.
+
+    Double ``where``: ``p`` is replaced before ``log1p`` where the term is absent, so the
+    derivative ``-1/(1 - p)`` at ``p = 1`` never meets a zero cotangent (0·inf = NaN).
+    """
+    safe_p = jnp.where(t == 0, jnp.zeros((), p.dtype), p)
+    return -safe_mul(t, jnp.log1p(-safe_p))
+
+
+# --------------------------------------------------------------------------------------------
+# Binary
+# --------------------------------------------------------------------------------------------
+
+
+def binary_cross_entropy(
+    probs: ArrayLike, labels: ArrayLike, *, weights: ArrayLike | None = None
+) -> jax.Array:
+    r"""Element-wise binary cross-entropy from probabilities.
+
+    .. math::
+       \ell = -w\,\big[t \log p + (1 - t)\log(1 - p)\big]
+
+    **Stable form.** ``-xlogy(t, p) - (1 - t)·log1p(-p)``, each product with the zero
+    convention (a zero coefficient removes its term in value and derivative, even where the
+    logarithm is ``-inf``). No clipping: Keras' ``BinaryCrossentropy`` clips ``p`` to
+    ``[1e-7, 1 - 1e-7]`` (loss capped at 16.1, gradient 0 below ``1e-7``), PyTorch's
+    ``binary_cross_entropy`` clamps each log at ``-100`` (loss capped at 100, gradient finite
+    but wrong). The gradient is :math:`-w\,[t/p - (1 - t)/(1 - p)]`.
+
+    ====================================  ======================  ==========================
+    case                                  value                   gradient (``probs``)
+    ====================================  ======================  ==========================
+    ``p=0, t=0``                          0                       ``w``
+    ``p=0, t>0``                          ``+inf``                ``-inf``
+    ``p=1, t=1``                          0                       ``-w``
+    ``p=1, t<1``                          ``+inf``                ``+inf``
+    ``p=1e-30, t=1``                      69.08 (Keras: 16.12)    ``-1e30`` (Keras: 0)
+    ``weights=0`` on an infinite loss     0                       0
+    NaN prob                              NaN                     NaN
+    prob or label outside ``[0, 1]``      ValueError / NaN (jit)  NaN (jit)
+    negative ``weights``                  ValueError / NaN (jit)  NaN (jit)
+    ====================================  ======================  ==========================
+
+    Args:
+      probs: predicted probabilities in ``[0, 1]``, any shape.
+      labels: targets in ``[0, 1]``, same rank as ``probs`` and broadcastable to it.
+      weights: optional non-negative element weights broadcastable to ``probs`` (NumPy rules).
+
+    Returns:
+      Element-wise loss, ``probs``' shape, float32 for 16-bit input.
+
+    >>> import jax.numpy as jnp, jaxce
+    >>> jaxce.binary_cross_entropy(jnp.array([0.0, 1e-30, 0.5]), jnp.array([0.0, 1.0, 1.0]))
+    Array([ 0.       , 69.07755  ,  0.6931472], dtype=float32)
+    """
+    p = float_array("probs", probs)
+    shape = tuple(p.shape)
+    t = same_rank_broadcast("labels", jnp.asarray(labels), shape, "probs").astype(p.dtype)
+    check_probabilities("probs", p)
+    check_probabilities("labels", t)
+    w = None if weights is None else _elementwise_weight("weights", weights, shape, p.dtype)
+    return _binary_core(p, t, w, targets_checked())
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _binary_core(p, t, w, check):
+    if check:
+        p = nan_where(outside_unit_interval(p), p)
+        t = nan_where(outside_unit_interval(t), t)
+    loss = (0.0 - xlogy(t, p)) + _neg_xlog1my(1.0 - t, p)  # 0 - 0: no -0.0 for a zero loss
+    if w is not None:
+        loss = safe_mul(nan_where(negative(w), w), loss)
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Categorical
+# --------------------------------------------------------------------------------------------
+
+
+def categorical_cross_entropy(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    *,
+    weights: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Per-example categorical cross-entropy from probabilities.
+
+    .. math::
+       \ell = -\sum_k w_k\, t_k \log p_k
+
+    ``labels`` are either probabilities (a float array of ``probs``' rank) or integer class
+    indices (``probs``' shape without the class axes). Integer labels select the class like
+    PyTorch's ``nll_loss`` on ``log(probs)``: :math:`\ell = -w_y \log p_y`, identical to a
+    one-hot label. The probabilities are used as given: they are not renormalized (also not
+    over ``where``), as Keras renormalizes them.
+
+    **Stable form.** ``-xlogy(t_k, p_k)`` summed with a compensated sum: a class with zero
+    target contributes exactly 0 to the value and every derivative, even at ``p_k = 0``
+    (``log 0 = -inf``). No clipping (Keras' ``CategoricalCrossentropy`` clips to
+    ``[1e-7, 1 - 1e-7]``). Gradient :math:`-w_k t_k / p_k`.
+
+    ======================================  ======================  =========================
+    case                                    value                   gradient (``probs``)
+    ======================================  ======================  =========================
+    zero target on ``p_k = 0``              term is 0               0
+    positive target on ``p_k = 0``          ``+inf``                ``-inf`` at k
+    ``p_y = 1`` (integer label)             0                       ``-w_y`` at y, 0 elsewhere
+    masked class (``where=False``)          excluded                0
+    target class masked / all masked        0                       0
+    NaN prob (unmasked)                     NaN                     NaN
+    prob / label outside ``[0, 1]``         ValueError / NaN (jit)  NaN (jit)
+    integer label outside ``[0, C)``        ValueError / NaN (jit)  NaN (jit)
+    ======================================  ======================  =========================
+
+    Args:
+      probs: probabilities ``[..., num_classes]`` (need not sum to 1).
+      labels: target probabilities (``probs``' rank, broadcastable) or integer indices
+        (``probs``' shape without the class axes; a flat index for a tuple ``axis``).
+      axis: class axis or tuple of axes.
+      where: optional boolean mask, ``probs``' shape or its batch shape.
+      weights: optional non-negative class weights, shape ``[num_classes]``.
+
+    Returns:
+      Per-example loss with the class axes removed, float32 for 16-bit input.
+
+    >>> import jax.numpy as jnp, jaxce
+    >>> p = jnp.array([[0.7, 0.3, 0.0], [0.2, 0.2, 0.6]])
+    >>> jaxce.categorical_cross_entropy(p, jnp.array([0, 2])).round(4).tolist()
+    [0.3567, 0.5108]
+    >>> jaxce.categorical_cross_entropy(p, jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    Array([0.35667497, 0.5108256 ], dtype=float32)
+    """
+    p = float_array("probs", probs)
+    shape = tuple(p.shape)
+    axes = canonical_axes(tuple(axis) if isinstance(axis, list) else axis, p.ndim)
+    mask = mask_array(where, shape, axes)
+    lab = jnp.asarray(labels)
+    w = None
+    if weights is not None:
+        w = class_weights("weights", weights, shape, axes, p.dtype)
+        check_nonnegative("weights", w)
+    check_probabilities("probs", p, mask)
+    if jnp.issubdtype(lab.dtype, jnp.integer):
+        batch_shape = tuple(d for a, d in enumerate(shape) if a not in axes)
+        if tuple(lab.shape) != batch_shape:
+            raise ValueError(
+                f"`labels` has shape {tuple(lab.shape)}, but `probs` of shape {shape} with "
+                f"class axes {axes} expects integer labels of shape {batch_shape} (one class "
+                f"index per example) or probability labels of shape {shape}."
+            )
+        num_classes = math.prod(shape[a] for a in axes)
+        check_class_indices("labels", lab, num_classes)
+        onehot = _one_hot(lab, shape, axes, p.dtype)
+        return _categorical_core(p, onehot, mask, w, axes, targets_checked(), True)
+    if not jnp.issubdtype(lab.dtype, jnp.floating):
+        raise TypeError(
+            f"`labels` must be integer class indices or floating-point probabilities; got "
+            f"dtype {lab.dtype}, shape {tuple(lab.shape)}."
+        )
+    t = same_rank_broadcast("labels", lab, shape, "probs").astype(p.dtype)
+    check_probabilities("labels", t, mask)
+    return _categorical_core(p, t, mask, w, axes, targets_checked(), False)
+
+
+def _one_hot(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], dtype) -> jax.Array:
+    """One-hot of the flat class index ``y`` over the class axes (row-major, in ``axes`` order);
+    an out-of-range label gives a NaN row (that example's loss is NaN under jit)."""
+    batch = tuple(a for a in range(len(shape)) if a not in axes)
+    class_shape = tuple(shape[a] for a in axes)
+    num = math.prod(class_shape)
+    flat = lax.broadcasted_iota(jnp.int32, (*y.shape, num), y.ndim) == y[..., None]
+    valid = (y >= 0) & (y < num)
+    oh = jnp.where(valid[..., None], flat.astype(dtype), jnp.array(jnp.nan, dtype))
+    oh = oh.reshape((*y.shape, *class_shape))
+    # Back to probs' layout: batch dims then class dims in `axes` order -> original positions.
+    perm_src = batch + axes
+    inverse = [perm_src.index(a) for a in range(len(shape))]
+    return oh.transpose(inverse)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _categorical_core(p, t, mask, w, axes, check, integer):
+    if check:
+        p = nan_where(outside_unit_interval(p), p)
+        if not integer:
+            t = nan_where(outside_unit_interval(t), t)
+    if w is not None:
+        t = safe_mul(nan_where(negative(w), w), t)
+    if mask is not None:
+        zero = jnp.zeros((), p.dtype)
+        t = jnp.where(mask, t, zero)
+        p = jnp.where(mask, p, jnp.ones((), p.dtype))  # masked: no NaN/inf can leak
+    return row_sum(-xlogy(t, p), axes)
+
+
+# --------------------------------------------------------------------------------------------
+# logit / log_odds
+# --------------------------------------------------------------------------------------------
+
+
+def logit(p: ArrayLike) -> jax.Array:
+    r"""The logit (log-odds) :math:`\log(p / (1 - p))`, the inverse of :func:`jaxce.sigmoid`.
+
+    **Stable form.** :math:`\log p - \operatorname{log1p}(-p)` (exact near 0 and 1: ``1 - p``
+    is never formed and rounded), and for :math:`p \in [1/4, 3/4]`, where the two logarithms
+    would cancel, :math:`\operatorname{log1p}((2p - 1)/(1 - p))` (``2p - 1`` and ``1 - p`` are
+    exact there). The derivative is :math:`1/p + 1/(1 - p) = 1/(p(1-p))`, formed from the
+    two branches without any intermediate larger than the result.
+
+    ==============  ==============  ==============
+    ``p``           value           derivative
+    ==============  ==============  ==============
+    0               ``-inf``        ``+inf``
+    1               ``+inf``        ``+inf``
+    1/2             0               4
+    ``1 - 2**-24``  16.635532…      16777217.000…
+    ``1e-30``       -69.07755…      1e30
+    NaN, <0, >1     NaN             NaN
+    ==============  ==============  ==============
+
+    Args:
+      p: probabilities, any shape.
+
+    Returns:
+      :math:`\log(p/(1-p))`, same shape and dtype as ``p`` (16-bit computed in float32).
+
+    >>> import jax.numpy as jnp, jaxce
+    >>> jaxce.logit(jnp.array([0.0, 0.5, 1.0 - 2.0**-24, 1e-30]))
+    Array([       -inf,   0.       ,  16.635532 , -69.07755  ], dtype=float32)
+    """
+    arr = float_array("p", p)
+    return _logit_core(arr).astype(jnp.asarray(p).dtype)
+
+
+#: Alias of :func:`logit`.
+log_odds = logit
+
+
+@jax.jit
+def _logit_core(p: jax.Array) -> jax.Array:
+    center = (p >= 0.25) & (p <= 0.75)
+    half = jnp.full((), 0.5, p.dtype)
+    pc = jnp.where(center, p, half)  # double where: no (2p-1)/0 at p = 1 in the unused branch
+    po = jnp.where(center, half, p)
+    inner = jnp.log1p((2.0 * pc - 1.0) / (1.0 - pc))
+    outer = jnp.log(po) - jnp.log1p(-po)
+    out = jnp.where(center, inner, outer)
+    return jnp.where((p < 0) | (p > 1), jnp.array(jnp.nan, p.dtype), out)
