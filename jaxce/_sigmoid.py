@@ -104,7 +104,7 @@ def sigmoid_binary_cross_entropy(
     .. math::
        x' = \operatorname{cap}(x / T),\quad t' = (1 - \varepsilon)\,t + \varepsilon/2,
 
-       \ell = w\,\big[p_w t' \operatorname{softplus}(-x') + (1 - t') \operatorname{softplus}(x')\big]
+       \ell = w\,[p_w t' \operatorname{softplus}(-x') + (1 - t') \operatorname{softplus}(x')]
 
     ``pos_weight`` :math:`p_w` is PyTorch's (``BCEWithLogitsLoss``): it scales the positive
     term only; label smoothing is Keras' ``BinaryCrossentropy`` rule (toward 1/2).
