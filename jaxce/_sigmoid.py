@@ -243,13 +243,26 @@ def _focal_parts(x: jax.Array, t: jax.Array):
     return big_l, r
 
 
+def _one_minus_pt(x: jax.Array, t: jax.Array) -> jax.Array:
+    """``1 - p_t = (c + (1 - c) e) / (1 + e)`` (see :func:`_focal_parts`), no cancellation."""
+    nonneg = x >= 0
+    e = jnp.exp(-jnp.where(nonneg, x, -x))
+    c = jnp.where(nonneg, 1.0 - t, t)
+    return (c + (1.0 - c) * e) / (1.0 + e)
+
+
 def _focal_pieces(x, t, alpha, gamma):
     """Value and the partial derivatives (x, t, alpha, gamma) of the focal loss."""
     zero = jnp.zeros((), x.dtype)
     ce = safe_mul(1.0 - t, softplus(x)) + safe_mul(t, softplus(-x))
     big_l, r = _focal_parts(x, t)
-    gl = safe_mul(gamma, big_l)  # gamma = 0: weight exactly 1, also where L = -inf
-    fw = jnp.exp(gl)  # (1 - p_t)^gamma
+    # (1 - p_t)^gamma as a power of 1 - p_t = (c + c'e)/(1 + e) (accurate to a rounding or
+    # two): exp(gamma·L) would amplify the rounding of gamma·L by |gamma·L| (15 ulps at
+    # L = -16). Only where 1 - p_t underflows is the log form used (gamma = 0: exactly 1).
+    q = _one_minus_pt(x, t)
+    normal = q >= jnp.finfo(x.dtype).tiny
+    q_safe = jnp.where(normal, q, jnp.ones((), x.dtype))  # double where: no 0^(gamma-1)
+    fw = jnp.where(normal, jnp.power(q_safe, gamma), jnp.exp(safe_mul(gamma, big_l)))
     at = jnp.ones((), x.dtype) if alpha is None else alpha * t + (1.0 - alpha) * (1.0 - t)
     base = safe_mul(fw, ce)
     value = safe_mul(at, base)
@@ -392,4 +405,11 @@ def sigmoid_focal_loss(
     g = g.astype(x.dtype)
     if _wanted(g):
         _report("gamma", g, negative(g), "[0, inf) (a non-negative exponent)")
+    if _is_python_zero(gamma):
+        # gamma = 0 is the (alpha-weighted) binary cross-entropy, bit for bit: same core.
+        loss = _bce_core(x, t, targets_checked())
+        if not has_alpha:
+            return loss
+        a = nan_where(outside_unit_interval(a), a)
+        return safe_mul(a * t + (1.0 - a) * (1.0 - t), loss)
     return _focal_core(x, t, a, g, has_alpha, targets_checked())
