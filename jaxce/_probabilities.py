@@ -17,6 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from jaxce._checks import (
@@ -45,11 +46,48 @@ __all__ = ["binary_cross_entropy", "categorical_cross_entropy", "log_odds", "log
 def _neg_xlog1my(t: jax.Array, p: jax.Array) -> jax.Array:
     """``-(t · log(1 - p))`` as ``-t · log1p(-p)``, with the zero convention where ``t == 0``.
 
-    Double ``where``: ``p`` is replaced before ``log1p`` where the term is absent, so the
-    derivative ``-1/(1 - p)`` at ``p = 1`` never meets a zero cotangent (0·inf = NaN).
+    Double ``where``: ``p`` is replaced before ``log1p`` where the term is absent, so nothing
+    infinite is formed at ``p = 1`` for a term that is not there.
     """
     safe_p = jnp.where(t == 0, jnp.zeros((), p.dtype), p)
     return -safe_mul(t, jnp.log1p(-safe_p))
+
+
+def _poison(bad: jax.Array, p: jax.Array) -> jax.Array:
+    """``p`` with NaN where ``bad``, keeping the derivative path: a probability outside
+    ``[0, 1]`` gives a NaN loss *and* a NaN gradient under jit (``nan_where`` would select a
+    constant there, and the gradient would come back 0)."""
+    return p + nan_where(bad, jnp.zeros_like(p))
+
+
+@jax.custom_jvp
+def _inv_pq(p: jax.Array) -> jax.Array:
+    """``r = 1/(p(1 - p))``, the derivative of the logit; ``+inf`` at ``p = 0`` and ``p = 1``.
+
+    ``p(1 - p) >= p/2`` (``>= (1 - p)/2``), so for a normal ``p`` the product never underflows
+    and ``r`` never overflows before the true value does.
+    """
+    return 1.0 / (p * (1.0 - p))
+
+
+@_inv_pq.defjvp
+def _inv_pq_jvp(primals, tangents):
+    (p,), (p_dot,) = primals, tangents
+    r = _inv_pq(p)
+    # dr/dp = -(1 - 2p)·r², written from the output: the plain quotient rule would form
+    # (p(1 - p))², which underflows (to a NaN or a wrong inf) long before r² overflows.
+    return r, -(1.0 - 2.0 * p) * (r * r) * p_dot
+
+
+def _logit_value(p: jax.Array) -> jax.Array:
+    """``log p - log1p(-p)``; ``log1p((2p - 1)/(1 - p))`` on ``[1/4, 3/4]`` (no cancellation)."""
+    center = (p >= 0.25) & (p <= 0.75)
+    half = jnp.full((), 0.5, p.dtype)
+    pc = jnp.where(center, p, half)  # double where: no (2p-1)/0 at p = 1 in the unused branch
+    po = jnp.where(center, half, p)
+    inner = jnp.log1p((2.0 * pc - 1.0) / (1.0 - pc))
+    outer = jnp.log(po) - jnp.log1p(-po)
+    return jnp.where(center, inner, outer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,23 +106,43 @@ def binary_cross_entropy(
     **Stable form.** ``-xlogy(t, p) - (1 - t)·log1p(-p)``, each product with the zero
     convention (a zero coefficient removes its term in value and derivative, even where the
     logarithm is ``-inf``). No clipping: Keras' ``BinaryCrossentropy`` clips ``p`` to
-    ``[1e-7, 1 - 1e-7]`` (loss capped at 16.1, gradient 0 below ``1e-7``), PyTorch's
+    ``[1e-7, 1 - 1e-7]`` (loss capped at 16.1, gradient exactly 0 below ``1e-7``), PyTorch's
     ``binary_cross_entropy`` clamps each log at ``-100`` (loss capped at 100, gradient finite
-    but wrong). The gradient is :math:`-w\,[t/p - (1 - t)/(1 - p)]`.
+    but wrong).
+
+    **Gradient** (a custom JVP whose rule is plain jnp, so Hessians work):
+
+    .. math::
+       \frac{\partial\ell}{\partial p} = w\,\frac{p - t}{p\,(1 - p)}
+       \quad\Big(= w\Big[\frac{1 - t}{1 - p} - \frac{t}{p}\Big]\Big)
+
+    One subtraction ``p - t`` (exact near ``p = t``) instead of the difference of the two
+    large quotients that autodiff of the value forms. Hard labels use the cancelled forms
+    ``1/(1 - p)`` (``t = 0``) and ``-1/p`` (``t = 1``), which are the limits of the formula at
+    ``p = 0`` and ``p = 1`` respectively and keep the second derivative finite there (1).
+    With respect to ``labels`` the derivative is ``-w·logit(p)``; with respect to ``weights``
+    it is the unweighted loss.
 
     ====================================  ======================  ==========================
     case                                  value                   gradient (``probs``)
     ====================================  ======================  ==========================
-    ``p=0, t=0``                          0                       ``w``
-    ``p=0, t>0``                          ``+inf``                ``-inf``
-    ``p=1, t=1``                          0                       ``-w``
-    ``p=1, t<1``                          ``+inf``                ``+inf``
+    ``p=0, t=0``                          0                       ``w`` (limit of
+                                                                  ``1/(1 - p)``)
+    ``p=0, 0<t<=1``                       ``+inf``                ``-inf``
+    ``p=1, t=1``                          0                       ``-w`` (limit of ``-1/p``)
+    ``p=1, 0<=t<1``                       ``+inf``                ``+inf``
+    ``0<p<1``, ``p=t``                    entropy of ``t``        0 (exactly)
     ``p=1e-30, t=1``                      69.08 (Keras: 16.12)    ``-1e30`` (Keras: 0)
     ``weights=0`` on an infinite loss     0                       0
-    NaN prob                              NaN                     NaN
+    NaN prob or label                     ValueError / NaN (jit)  NaN (jit)
+    subnormal ``p`` (float32)             as ``p = 0`` (flushed)  as ``p = 0``
     prob or label outside ``[0, 1]``      ValueError / NaN (jit)  NaN (jit)
     negative ``weights``                  ValueError / NaN (jit)  NaN (jit)
     ====================================  ======================  ==========================
+
+    The infinite gradients are the true one-sided limits (the loss is infinite there); a
+    subnormal label counts as 0 at ``p = 0`` (value 0, gradient ``w``), as in
+    :func:`jaxce.safe_mul`.
 
     Args:
       probs: predicted probabilities in ``[0, 1]``, any shape.
@@ -110,12 +168,67 @@ def binary_cross_entropy(
 @functools.partial(jax.jit, static_argnums=(3,))
 def _binary_core(p, t, w, check):
     if check:
-        p = nan_where(outside_unit_interval(p), p)
+        p = _poison(outside_unit_interval(p), p)
         t = nan_where(outside_unit_interval(t), t)
-    loss = (0.0 - xlogy(t, p)) + _neg_xlog1my(1.0 - t, p)  # 0 - 0: no -0.0 for a zero loss
-    if w is not None:
-        loss = safe_mul(nan_where(negative(w), w), loss)
-    return loss
+    if w is None:
+        return _bce(p, t, jnp.ones((), p.dtype), False)
+    return _bce(p, t, nan_where(negative(w), w), True)
+
+
+def _bce_value(p: jax.Array, t: jax.Array) -> jax.Array:
+    # Each product with the zero convention; 0 - 0 so that a zero loss is +0.0, not -0.0.
+    return (0.0 - xlogy(t, p)) + _neg_xlog1my(1.0 - t, p)
+
+
+def _bce_grad(p: jax.Array, t: jax.Array) -> jax.Array:
+    """``d/dp = (p - t)/(p(1 - p))`` (no cancellation of ``-t/p + (1 - t)/(1 - p)``).
+
+    Plain jnp with double ``where`` (each branch sees safe inputs where it is not selected), so
+    it can be differentiated again. Hard labels use the cancelled forms, which are exact at the
+    end where the soft form is 0/0 and whose derivatives do not overflow early: ``t = 0``:
+    ``1/(1 - p)``; ``t = 1``: ``-1/p``. Soft labels: ``(p - t)·r`` with ``r = 1/(p(1 - p))``.
+    At ``p = 0`` (``t > 0``) and ``p = 1`` (``t < 1``) each form gives the signed infinity
+    and an infinite second derivative, the true limits. A subnormal label counts as 0, as in
+    :func:`jaxce.safe_mul` (which drops that term from the value at ``p = 0``).
+    """
+    dtype = p.dtype
+    zero_t = jnp.abs(t) < jnp.finfo(dtype).tiny
+    one_t = t == 1
+    soft = ~zero_t & ~one_t
+    pa = jnp.where(zero_t, p, jnp.zeros((), dtype))
+    pb = jnp.where(one_t, p, jnp.ones((), dtype))
+    pc = jnp.where(soft, p, jnp.full((), 0.5, dtype))
+    ga = 1.0 / (1.0 - pa)
+    gb = -1.0 / pb
+    gc = (pc - t) * _inv_pq(pc)
+    # A NaN label takes the soft branch: NaN, and NaN derivatives.
+    return jnp.where(zero_t, ga, jnp.where(one_t, gb, gc))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _bce(p, t, w, weighted):
+    value = _bce_value(p, t)
+    return safe_mul(w, value) if weighted else value
+
+
+@functools.partial(_bce.defjvp, symbolic_zeros=True)
+def _bce_jvp(weighted, primals, tangents):
+    p, t, w = primals
+    p_dot, t_dot, w_dot = tangents
+    value = _bce_value(p, t)
+    out = jnp.zeros_like(value)
+    # Weights multiply with the zero convention: weight 0 on an infinite loss or an infinite
+    # derivative (p = 0 with t > 0) is an absent term, in value and every derivative.
+    if not isinstance(p_dot, SymbolicZero):
+        g = _bce_grad(p, t)
+        out = out + (safe_mul(w, g) if weighted else g) * p_dot
+    if not isinstance(t_dot, SymbolicZero):
+        # d/dt = log1p(-p) - log p = -logit(p): +inf at p = 0, -inf at p = 1.
+        gt = -_logit_value(p)
+        out = out + (safe_mul(w, gt) if weighted else gt) * t_dot
+    if weighted and not isinstance(w_dot, SymbolicZero):
+        out = out + value * w_dot
+    return (safe_mul(w, value) if weighted else value), out
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,12 +253,16 @@ def categorical_cross_entropy(
     indices (``probs``' shape without the class axes). Integer labels select the class like
     PyTorch's ``nll_loss`` on ``log(probs)``: :math:`\ell = -w_y \log p_y`, identical to a
     one-hot label. The probabilities are used as given: they are not renormalized (also not
-    over ``where``), as Keras renormalizes them.
+    over ``where``); Keras' ``CategoricalCrossentropy`` renormalizes them to sum 1.
 
     **Stable form.** ``-xlogy(t_k, p_k)`` summed with a compensated sum: a class with zero
     target contributes exactly 0 to the value and every derivative, even at ``p_k = 0``
     (``log 0 = -inf``). No clipping (Keras' ``CategoricalCrossentropy`` clips to
-    ``[1e-7, 1 - 1e-7]``). Gradient :math:`-w_k t_k / p_k`.
+    ``[1e-7, 1 - 1e-7]``). Gradient :math:`-w_k t_k / p_k`, one quotient per class and no
+    difference anywhere, so each component is accurate relative to itself; the Hessian is
+    :math:`\operatorname{diag}(w_k t_k / p_k^2)` (finite wherever the loss is; at an infinite
+    loss its diagonal entry is ``+inf`` and forward-mode products ``0·inf`` make the rest of
+    that row NaN).
 
     ======================================  ======================  =========================
     case                                    value                   gradient (``probs``)
@@ -155,8 +272,9 @@ def categorical_cross_entropy(
     ``p_y = 1`` (integer label)             0                       ``-w_y`` at y, 0 elsewhere
     masked class (``where=False``)          excluded                0
     target class masked / all masked        0                       0
-    NaN prob (unmasked)                     NaN                     NaN
+    NaN prob (unmasked)                     ValueError / NaN (jit)  NaN (jit)
     prob / label outside ``[0, 1]``         ValueError / NaN (jit)  NaN (jit)
+    negative ``weights``                    ValueError / NaN (jit)  NaN (jit)
     integer label outside ``[0, C)``        ValueError / NaN (jit)  NaN (jit)
     ======================================  ======================  =========================
 
@@ -229,7 +347,7 @@ def _one_hot(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], dtype)
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def _categorical_core(p, t, mask, w, axes, check, integer):
     if check:
-        p = nan_where(outside_unit_interval(p), p)
+        p = _poison(outside_unit_interval(p), p)
         if not integer:
             t = nan_where(outside_unit_interval(t), t)
     if w is not None:
@@ -251,9 +369,15 @@ def logit(p: ArrayLike) -> jax.Array:
 
     **Stable form.** :math:`\log p - \operatorname{log1p}(-p)` (exact near 0 and 1: ``1 - p``
     is never formed and rounded), and for :math:`p \in [1/4, 3/4]`, where the two logarithms
-    would cancel, :math:`\operatorname{log1p}((2p - 1)/(1 - p))` (``2p - 1`` and ``1 - p`` are
-    exact there). The derivative is :math:`1/p + 1/(1 - p) = 1/(p(1-p))`, formed from the
-    two branches without any intermediate larger than the result.
+    would cancel, :math:`\operatorname{log1p}((2p - 1)/(1 - p))` (``2p - 1`` is exact there,
+    ``1 - p`` exact for ``p >= 1/2`` and one rounding below).
+
+    **Derivative** (a custom JVP, plain jnp): :math:`r = 1/(p(1 - p))` formed directly (not
+    as ``1/p + 1/(1 - p)`` through the two branches). Since :math:`p(1 - p) \ge \min(p, 1 - p)/2`
+    the product never underflows for a normal ``p``, so ``r`` is finite wherever the true
+    derivative is. The second derivative is written from the output,
+    :math:`-(1 - 2p)\,r^2`, so it too is finite wherever the true one is (the quotient rule
+    would square ``p(1 - p)``, which underflows for ``p < 1e-19`` in float32).
 
     ==============  ==============  ==============
     ``p``           value           derivative
@@ -263,7 +387,7 @@ def logit(p: ArrayLike) -> jax.Array:
     1/2             0               4
     ``1 - 2**-24``  16.635532…      16777217.000…
     ``1e-30``       -69.07755…      1e30
-    NaN, <0, >1     NaN             NaN
+    NaN, <0, >1     NaN             NaN (under jit too)
     ==============  ==============  ==============
 
     Args:
@@ -274,7 +398,7 @@ def logit(p: ArrayLike) -> jax.Array:
 
     >>> import jax.numpy as jnp, jaxce
     >>> jaxce.logit(jnp.array([0.0, 0.5, 1.0 - 2.0**-24, 1e-30]))
-    Array([       -inf,   0.       ,  16.635532 , -69.07755  ], dtype=float32)
+    Array([      -inf,   0.      ,  16.635532, -69.07755 ], dtype=float32)
     """
     arr = float_array("p", p)
     return _logit_core(arr).astype(jnp.asarray(p).dtype)
@@ -286,11 +410,17 @@ log_odds = logit
 
 @jax.jit
 def _logit_core(p: jax.Array) -> jax.Array:
-    center = (p >= 0.25) & (p <= 0.75)
-    half = jnp.full((), 0.5, p.dtype)
-    pc = jnp.where(center, p, half)  # double where: no (2p-1)/0 at p = 1 in the unused branch
-    po = jnp.where(center, half, p)
-    inner = jnp.log1p((2.0 * pc - 1.0) / (1.0 - pc))
-    outer = jnp.log(po) - jnp.log1p(-po)
-    out = jnp.where(center, inner, outer)
-    return jnp.where((p < 0) | (p > 1), jnp.array(jnp.nan, p.dtype), out)
+    return _logit(_poison(outside_unit_interval(p), p))
+
+
+@jax.custom_jvp
+def _logit(p: jax.Array) -> jax.Array:
+    return _logit_value(p)
+
+
+@_logit.defjvp
+def _logit_jvp(primals, tangents):
+    (p,), (p_dot,) = primals, tangents
+    # 1/(p(1 - p)) directly, not 1/p + 1/(1 - p) through the two branches; its own rule keeps
+    # the second derivative finite as long as the true one is (see _inv_pq).
+    return _logit_value(p), _inv_pq(p) * p_dot
