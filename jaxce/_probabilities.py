@@ -347,9 +347,16 @@ def _one_hot(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], dtype)
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def _categorical_core(p, t, mask, w, axes, check, integer):
     if check:
-        p = _poison(outside_unit_interval(p), p)
+        # A probability or label outside [0, 1] on a kept class poisons its whole example:
+        # a NaN target on every class makes the value and every gradient component NaN (a
+        # NaN probability alone would vanish on a class whose target is 0, by xlogy's zero
+        # convention).
+        bad = outside_unit_interval(p)
         if not integer:
-            t = nan_where(outside_unit_interval(t), t)
+            bad = bad | outside_unit_interval(t)
+        if mask is not None:
+            bad = bad & mask
+        t = nan_where(jnp.broadcast_to(jnp.any(bad, axis=axes, keepdims=True), t.shape), t)
     if w is not None:
         t = safe_mul(nan_where(negative(w), w), t)
     if mask is not None:

@@ -1299,3 +1299,55 @@ def mp_logit(p: npt.ArrayLike, dps: int = DEFAULT_DPS) -> Ref:
             return Ref(mp.log(p) - mp.log1p(-p), 1 / (p * q), 1 / q, abs(1 - 2 * p) / (p * q**2))
 
         return _mp_elementwise(one, p)
+
+
+def mp_categorical_cross_entropy_probs(
+    p: npt.ArrayLike,
+    t: npt.ArrayLike,
+    weights: npt.ArrayLike | None = None,
+    where: npt.ArrayLike | None = None,
+    dps: int = DEFAULT_DPS,
+) -> Ref:
+    """−Σ_k w_k t_k log p_k on ONE row of probabilities (used as given, not renormalized).
+
+    grad_k = −w_k t_k / p_k. κ = Σ_k w_k t_k (= Σ |p_k·grad_k|, a relative perturbation of
+    every p_k); κ_grad_k = |p_k·∂grad_k/∂p_k| = w_k t_k / p_k = |grad_k| (each component is
+    one quotient: it is scored relative to itself). A class with ``w_k t_k == 0`` or masked
+    (``where`` False) contributes 0 to the value and its gradient is 0, even at ``p_k = 0``; a
+    positive ``w_k t_k`` on ``p_k = 0`` gives value +inf and gradient −inf there (κ 0). A NaN
+    in an unmasked p or t makes the row NaN.
+    """
+    pa = _as_row(p, "p")
+    ta = np.broadcast_to(np.asarray(t, dtype=np.float64), pa.shape)
+    wa = (
+        np.ones(pa.shape)
+        if weights is None
+        else np.broadcast_to(np.asarray(weights, dtype=np.float64), pa.shape)
+    )
+    act = _as_mask(where, pa.shape)
+    with _workdps(dps) as mp:
+        zero = mp.mpf(0)
+        v = pa.shape[0]
+        if any(act[k] and (math.isnan(pa[k]) or math.isnan(ta[k])) for k in range(v)):
+            return Ref(mp.nan, [mp.nan] * v, zero, [zero] * v)
+        value = zero
+        kappa = zero
+        grad: list[Any] = []
+        for k in range(v):
+            c = mp.mpf(float(wa[k])) * mp.mpf(float(ta[k]))
+            if not act[k] or c == 0:
+                grad.append(zero)
+                continue
+            kappa += c
+            if pa[k] == 0:
+                value = mp.inf
+                grad.append(-mp.inf)
+                continue
+            pk = mp.mpf(float(pa[k]))
+            if value != mp.inf:
+                value -= c * mp.log(pk)
+            grad.append(-c / pk)
+        kg = [abs(g) if mp.isfinite(g) else zero for g in grad]
+        if value == mp.inf:
+            kappa = zero
+        return Ref(value, grad, kappa, kg)
