@@ -98,7 +98,7 @@ def _naive_kl_log_targets(log_p: jax.Array, log_t: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """A loss of ``jaxce.LOSSES``: its short tag, its naive formula and its inputs.
+    """A loss of ``jaxce.CORE_LOSSES``: its short tag, its naive formula and its inputs.
 
     ``first`` is how the first argument (the one differentiated) is drawn: ``logits`` (normal,
     scale 2) or ``log_probs`` (log-softmax of such logits). ``second`` is the second argument:
@@ -160,7 +160,7 @@ class Case:
 def make_cases(shapes: Sequence[Shape], dtypes: Sequence[str] = DTYPES) -> list[Case]:
     """Every main loss on every shape and dtype, then the other losses on ``shapes[0]``."""
     cases = [Case(loss, d, s) for loss in MAIN_LOSSES for d in dtypes for s in shapes]
-    others = [name for name in jaxce.LOSSES if name not in MAIN_LOSSES]
+    others = [name for name in jaxce.CORE_LOSSES if name not in MAIN_LOSSES]
     cases += [Case(loss, dtypes[0], shapes[0]) for loss in others]
     return cases
 

@@ -1602,3 +1602,196 @@ def mp_jensen_shannon_divergence(
     with _workdps(dps) as mp:
         kgl = [mp.mpf(float(v)) for v in np.concatenate([kg_a, kg_b])]
         return Ref(js, ga + gb, mp.mpf(kappa), kgl)
+
+
+# Sigmoid / probability-input family (issue 3, binary part): weighted BCE, focal loss,
+# binary CE from probabilities, logit. mpmath, elementwise over broadcast inputs.
+# ----------------------------------------------------------------------------------------------
+
+
+def mp_weighted_sigmoid_binary_cross_entropy(
+    x: npt.ArrayLike, t: npt.ArrayLike, pos_weight: npt.ArrayLike, dps: int = DEFAULT_DPS
+) -> Ref:
+    """(1 − t)·sp(x) + p_w·t·sp(−x); grad (1 − t)σ(x) − p_w·t·σ(−x) (PyTorch's pos_weight).
+
+    κ = |x·g|; κ_grad = ((1 − t) + p_w t)σ(x)σ(−x)|x| + ((1 − t)σ(x) + p_w t σ(−x)) (the two
+    summands of the gradient are computed separately; with p_w = 1 the BCE row's min(...) form
+    may be smaller, this one is the one the weighted form reaches).
+    """
+    with _workdps(dps) as mp:
+        zero = mp.mpf(0)
+
+        def one(xf: float, tf: float, wf: float) -> Ref:
+            if math.isnan(xf) or math.isnan(tf):
+                return Ref(mp.nan, mp.nan, zero, zero)
+            s = _mp_sig(xf, mp)
+            t, pw = mp.mpf(tf), mp.mpf(wf)
+            a, b = 1 - t, pw * t
+            value = _mul(a, s.sp, s.fin) + _mul(b, s.spn, s.fin)
+            g = a * s.s - b * s.sn
+            kappa = _mul(s.ax, abs(g), s.fin)
+            kg = _mul((a + b) * s.ss, s.ax, s.fin) + a * s.s + b * s.sn
+            return Ref(value, g, kappa, kg)
+
+        return _mp_elementwise(one, x, t, pos_weight)
+
+
+def mp_sigmoid_focal_loss(
+    x: npt.ArrayLike,
+    t: npt.ArrayLike,
+    alpha: float | None = None,
+    gamma: float = 2.0,
+    dps: int = DEFAULT_DPS,
+) -> Ref:
+    """α_t·(1 − p_t)^γ·BCE(x, t), 1 − p_t = tσ(−x) + (1 − t)σ(x), α_t = αt + (1 − α)(1 − t).
+
+    grad = α_t w [(1 − t)σ(x) − tσ(−x) + γ(1 − 2t) r BCE], w = (1 − p_t)^γ,
+    r = σ(x)σ(−x)/(1 − p_t). κ = |x·grad|; κ_grad = |x·∂grad/∂x| + α_t w (|(1 − t)σ(x) −
+    tσ(−x)| bound min(σ + t, (1 − t)σ + tσ(−x)) + γ|1 − 2t| r BCE) (the magnitudes of the two
+    summands, which can cancel for soft labels). ∂grad/∂x by mpmath's numerical
+    differentiation at the working precision. At ±inf every field is the exact limit, κ = 0.
+    """
+    with _workdps(dps) as mp:
+        zero, one_ = mp.mpf(0), mp.mpf(1)
+        gam = mp.mpf(gamma)
+
+        def parts(xm: Any, t: Any) -> tuple[Any, Any, Any, Any]:
+            s, sn = 1 / (1 + mp.exp(-xm)), 1 / (1 + mp.exp(xm))
+            sp, spn = mp.log1p(mp.exp(-abs(xm))) + max(xm, zero), mp.log1p(mp.exp(-abs(xm)))
+            spn = spn + max(-xm, zero)
+            ce = (1 - t) * sp + t * spn
+            q = t * sn + (1 - t) * s
+            return s, sn, ce, q
+
+        def one(xf: float, tf: float) -> Ref:
+            if math.isnan(xf) or math.isnan(tf):
+                return Ref(mp.nan, mp.nan, zero, zero)
+            t = mp.mpf(tf)
+            at = one_ if alpha is None else mp.mpf(alpha) * t + (1 - mp.mpf(alpha)) * (1 - t)
+            if math.isinf(xf):
+                # Wrong-side label mass c: the loss is c·inf·(c^γ) -> inf if c > 0, else 0.
+                c = (1 - t) if xf > 0 else t
+                value = mp.inf if (c > 0 and at > 0) else zero
+                g = zero if c == 0 else (at * c**gam * (1 if xf > 0 else -1) * c)
+                # (1 - t)σ - tσ(-x) at +inf is 1 - t = c; at -inf it is -t = -c; r·ce -> 0.
+                return Ref(value, g, zero, zero)
+            xm = mp.mpf(xf)
+
+            def grad(xv: Any) -> Any:
+                s, sn, ce, q = parts(xv, t)
+                w = q**gam if q > 0 else (one_ if gam == 0 else zero)
+                r = s * sn / q
+                return at * w * ((1 - t) * s - t * sn + gam * (1 - 2 * t) * r * ce)
+
+            s, sn, ce, q = parts(xm, t)
+            w = q**gam
+            r = s * sn / q
+            value = at * w * ce
+            g = grad(xm)
+            h = mp.diff(grad, xm)
+            kappa = abs(xm * g)
+            bce_mag = min(s + t, (1 - t) * s + t * sn)
+            kg = abs(xm * h) + at * w * (bce_mag + gam * abs(1 - 2 * t) * r * ce)
+            return Ref(value, g, kappa, kg)
+
+        return _mp_elementwise(one, x, t)
+
+
+def mp_binary_cross_entropy_probs(
+    p: npt.ArrayLike, t: npt.ArrayLike, dps: int = DEFAULT_DPS
+) -> Ref:
+    """−t log p − (1 − t) log(1 − p) on probabilities; grad −t/p + (1 − t)/(1 − p).
+
+    κ = |p·grad| (a relative perturbation of p); κ_grad = p·(t/p² + (1 − t)/(1 − p)²) +
+    (t/p + (1 − t)/(1 − p)) (the magnitudes of the two summands of the gradient, which cancel
+    near p = t). Zero coefficients remove their terms (0·log 0 = 0); a positive one on a zero
+    argument gives +inf value and an infinite gradient (κ 0: exact).
+    """
+    with _workdps(dps) as mp:
+        zero = mp.mpf(0)
+
+        def one(pf: float, tf: float) -> Ref:
+            if math.isnan(pf) or math.isnan(tf):
+                return Ref(mp.nan, mp.nan, zero, zero)
+            p, t = mp.mpf(pf), mp.mpf(tf)
+            q, u = 1 - p, 1 - t
+            if (t > 0 and p == 0) or (u > 0 and q == 0):
+                g = -mp.inf if (t > 0 and p == 0) else mp.inf
+                return Ref(mp.inf, g, zero, zero)
+            value = (-t * mp.log(p) if t > 0 else zero) + (-u * mp.log1p(-p) if u > 0 else zero)
+            a = t / p if t > 0 else zero
+            b = u / q if u > 0 else zero
+            g = b - a
+            h = (t / p**2 if t > 0 else zero) + (u / q**2 if u > 0 else zero)
+            return Ref(value, g, abs(p * g), p * h + a + b)
+
+        return _mp_elementwise(one, p, t)
+
+
+def mp_logit(p: npt.ArrayLike, dps: int = DEFAULT_DPS) -> Ref:
+    """log(p/(1 − p)); grad 1/(p(1 − p)); κ = 1/(1 − p); κ_grad = |1 − 2p|/(p(1 − p)²)."""
+    with _workdps(dps) as mp:
+        zero = mp.mpf(0)
+
+        def one(pf: float) -> Ref:
+            if math.isnan(pf) or pf < 0 or pf > 1:
+                return Ref(mp.nan, mp.nan, zero, zero)
+            if pf in (0.0, 1.0):
+                return Ref(-mp.inf if pf == 0 else mp.inf, mp.inf, zero, zero)
+            p = mp.mpf(pf)
+            q = 1 - p
+            return Ref(mp.log(p) - mp.log1p(-p), 1 / (p * q), 1 / q, abs(1 - 2 * p) / (p * q**2))
+
+        return _mp_elementwise(one, p)
+
+
+def mp_categorical_cross_entropy_probs(
+    p: npt.ArrayLike,
+    t: npt.ArrayLike,
+    weights: npt.ArrayLike | None = None,
+    where: npt.ArrayLike | None = None,
+    dps: int = DEFAULT_DPS,
+) -> Ref:
+    """−Σ_k w_k t_k log p_k on ONE row of probabilities (used as given, not renormalized).
+
+    grad_k = −w_k t_k / p_k. κ = Σ_k w_k t_k (= Σ |p_k·grad_k|, a relative perturbation of
+    every p_k); κ_grad_k = |p_k·∂grad_k/∂p_k| = w_k t_k / p_k = |grad_k| (each component is
+    one quotient: it is scored relative to itself). A class with ``w_k t_k == 0`` or masked
+    (``where`` False) contributes 0 to the value and its gradient is 0, even at ``p_k = 0``; a
+    positive ``w_k t_k`` on ``p_k = 0`` gives value +inf and gradient −inf there (κ 0). A NaN
+    in an unmasked p or t makes the row NaN.
+    """
+    pa = _as_row(p, "p")
+    ta = np.broadcast_to(np.asarray(t, dtype=np.float64), pa.shape)
+    wa = (
+        np.ones(pa.shape)
+        if weights is None
+        else np.broadcast_to(np.asarray(weights, dtype=np.float64), pa.shape)
+    )
+    act = _as_mask(where, pa.shape)
+    with _workdps(dps) as mp:
+        zero = mp.mpf(0)
+        v = pa.shape[0]
+        if any(act[k] and (math.isnan(pa[k]) or math.isnan(ta[k])) for k in range(v)):
+            return Ref(mp.nan, [mp.nan] * v, zero, [zero] * v)
+        value = zero
+        kappa = zero
+        grad: list[Any] = []
+        for k in range(v):
+            c = mp.mpf(float(wa[k])) * mp.mpf(float(ta[k]))
+            if not act[k] or c == 0:
+                grad.append(zero)
+                continue
+            kappa += c
+            if pa[k] == 0:
+                value = mp.inf
+                grad.append(-mp.inf)
+                continue
+            pk = mp.mpf(float(pa[k]))
+            if value != mp.inf:
+                value -= c * mp.log(pk)
+            grad.append(-c / pk)
+        kg = [abs(g) if mp.isfinite(g) else zero for g in grad]
+        if value == mp.inf:
+            kappa = zero
+        return Ref(value, grad, kappa, kg)

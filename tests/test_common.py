@@ -24,6 +24,16 @@ class Case:
     fn: Callable[..., jax.Array]
     make: Callable[[np.random.Generator, tuple[int, ...], int], tuple[np.ndarray, np.ndarray]]
     elementwise: bool = False
+    #: what the first argument is: "logits", "log" (log-probabilities) or "probs".
+    kind: str = "logits"
+
+    def extreme(self, x: jax.Array, scale: float) -> jax.Array:
+        """The first argument pushed towards its extremes by ``scale`` (staying in domain)."""
+        if self.kind == "log":
+            return x - scale
+        if self.kind == "probs":
+            return x / scale
+        return x * scale
 
 
 def _soft(rng, batch, c):
@@ -48,6 +58,22 @@ def _kl_log(rng, batch, c):
     return lp, np.log(t)
 
 
+def _probs(rng, batch, c):
+    return 1 / (1 + np.exp(-3 * rng.normal(size=(*batch, c)))), rng.uniform(size=(*batch, c))
+
+
+def _probs_soft(rng, batch, c):
+    return rng.dirichlet(np.ones(c), size=batch), rng.dirichlet(np.ones(c), size=batch)
+
+
+def _two_logits(rng, batch, c):
+    return rng.normal(size=(*batch, c)) * 3, rng.normal(size=(*batch, c)) * 3
+
+
+def _logits_only(rng, batch, c):
+    return rng.normal(size=(*batch, c)) * 3, np.zeros(batch)
+
+
 CASES = {
     "softmax_cross_entropy": Case(jaxce.softmax_cross_entropy, _soft),
     "safe_softmax_cross_entropy": Case(jaxce.safe_softmax_cross_entropy, _soft),
@@ -55,13 +81,26 @@ CASES = {
         jaxce.softmax_cross_entropy_with_integer_labels, _int
     ),
     "sigmoid_binary_cross_entropy": Case(jaxce.sigmoid_binary_cross_entropy, _binary, True),
-    "kl_divergence": Case(jaxce.kl_divergence, _kl),
-    "kl_divergence_with_log_targets": Case(jaxce.kl_divergence_with_log_targets, _kl_log),
+    "sigmoid_focal_loss": Case(jaxce.sigmoid_focal_loss, _binary, True),
+    "poly_loss_cross_entropy": Case(jaxce.poly_loss_cross_entropy, _soft),
+    "softmax_focal_loss": Case(jaxce.softmax_focal_loss, _soft),
+    "kl_divergence": Case(jaxce.kl_divergence, _kl, kind="log"),
+    "kl_divergence_with_log_targets": Case(
+        jaxce.kl_divergence_with_log_targets, _kl_log, kind="log"
+    ),
+    "generalized_kl_divergence": Case(jaxce.generalized_kl_divergence, _kl, kind="log"),
+    "convex_kl_divergence": Case(jaxce.convex_kl_divergence, _kl, kind="log"),
+    "entropy": Case(lambda x, _: jaxce.entropy(x), _logits_only),
+    "kl_divergence_with_logits": Case(jaxce.kl_divergence_with_logits, _two_logits),
+    "jensen_shannon_divergence": Case(jaxce.jensen_shannon_divergence, _two_logits),
+    "binary_cross_entropy": Case(jaxce.binary_cross_entropy, _probs, True, kind="probs"),
+    "categorical_cross_entropy": Case(jaxce.categorical_cross_entropy, _probs_soft, kind="probs"),
 }
 
 
 def test_every_public_loss_is_in_the_suite():
     assert set(CASES) == set(jaxce.LOSSES)
+    assert set(jaxce.OPTAX_LOSSES) <= set(jaxce.LOSSES)
 
 
 def _args(name, batch=(4,), c=5, dtype=jnp.float32, seed=0):
@@ -114,10 +153,11 @@ def test_jvp_matches_grad(name):
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("scale", [1.0, 1e4])
 def test_grads_and_hessians_finite(name, scale):
-    """Finite derivatives at ordinary and |x| = 1e4 logits (log-predictions stay <= 0)."""
+    """Finite derivatives at ordinary and |x| = 1e4 logits (log-predictions stay <= 0,
+    probabilities in [0, 1])."""
     fn = _total(CASES[name].fn)
     x, t = _args(name, batch=(2,), c=4)
-    x = x * scale if not name.startswith("kl") else x - scale
+    x = CASES[name].extreme(x, scale)
     with jax.debug_nans(True):
         g = jax.jit(jax.grad(fn))(x, t)
         h = jax.jit(jax.hessian(fn))(x, t)
@@ -171,19 +211,17 @@ def test_no_retracing(name):
 
 
 def _core_cache_size() -> int:
-    from jaxce import _divergences, _primitives, _sigmoid, _softmax
+    """Compiled entries of every jitted core in the package (found, not listed by hand)."""
+    import importlib
+    import pkgutil
 
-    cores = [
-        _softmax._soft_ce_core,
-        _softmax._integer_ce_core,
-        _sigmoid._bce_core,
-        _divergences._kl_core,
-        _divergences._kl_log_targets_core,
-        _primitives._elementwise_core,
-        _primitives._logsumexp_core,
-        _primitives._normalize_core,
-    ]
-    return sum(c._cache_size() for c in cores)
+    total = 0
+    for info in pkgutil.iter_modules(jaxce.__path__, "jaxce."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if hasattr(obj, "_cache_size") and callable(obj):
+                total += obj._cache_size()
+    return total
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -22,7 +22,7 @@ def test_losses_have_optax_signatures():
 
     import optax
 
-    for name in jaxce.LOSSES:
+    for name in jaxce.OPTAX_LOSSES:
         ours = inspect.signature(getattr(jaxce, name))
         theirs = inspect.signature(getattr(optax.losses, name))
         positional = [

@@ -10,8 +10,18 @@ returns NaN.
 ``jaxce.torch`` does not import PyTorch.
 """
 
+from jaxce.torch._binary import binary_cross_entropy as binary_cross_entropy
+from jaxce.torch._binary import (
+    binary_cross_entropy_with_logits as binary_cross_entropy_with_logits,
+)
 from jaxce.torch._cross_entropy import cross_entropy as cross_entropy
 from jaxce.torch._cross_entropy import nll_loss as nll_loss
 from jaxce.torch._reduction import REDUCTIONS as REDUCTIONS
 
-__all__ = ["REDUCTIONS", "cross_entropy", "nll_loss"]
+__all__ = [
+    "REDUCTIONS",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "nll_loss",
+]
