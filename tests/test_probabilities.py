@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 import jaxce
 from jaxce import _reference as ref
 from jaxce._grid import BINARY_LABELS, softmax_grid
 from tests.test_accuracy import TINY, U, _cast, _errors
+from tests.test_sigmoid_family import derivative_check
 
 INF = math.inf
 NAN = math.nan
@@ -154,45 +154,62 @@ def test_logit_accuracy(dtype, x64, request):
     assert eg.max() <= GRAD_BOUND, (ps[eg.argmax()], eg.max())
 
 
-def _categorical_rows(dtype: str, slow: bool):
-    """(name, p, labels, where, weights, kind) from the softmax grid's rows (p = softmax(x))."""
+def _categorical_batch(dtype: str, slow: bool, kind: str):
+    """Every row of the softmax grid (p = softmax(x), cast) padded to one width: one call.
+
+    Returns ``(names, p, labels, where, weights)``; padding classes are masked (``where``
+    False). Integer labels, or the soft label kinds stacked (all four with ``--run-slow``).
+    """
     classes = (2, 3, 10, 100, 1000) if slow else (3, 10, 100)
-    kinds = ("int", "one-hot", "smoothed", "dirichlet", "sparse-dirichlet")
-    rng = np.random.default_rng(3)
+    kinds = ["int"] if kind == "int" else (
+        ["one-hot", "smoothed", "dirichlet", "sparse-dirichlet"]
+        if slow else ["smoothed", "sparse-dirichlet"]
+    )  # fmt: skip
+    width = max(classes)
+    names, ps, labels, masks = [], [], [], []
     for batch in softmax_grid(classes=classes, rows=2 if slow else 1, seed=0):
-        p = _flush(ref.np_softmax(batch.x, batch.where).value, dtype)
         v = batch.num_classes
-        weights = _cast(rng.uniform(0.0, 3.0, size=v), dtype)
-        for i, kind in enumerate(kinds if slow else kinds[::2]):
-            labels = batch.y if kind == "int" else _flush(batch.soft[kind], dtype)
-            w = weights if (slow or i % 2 == 0) else None
-            yield f"{batch.name} {kind}", p, labels, batch.where, w, kind
+        p = _flush(ref.np_softmax(batch.x, batch.where).value, dtype)
+        where = np.ones_like(p, bool) if batch.where is None else batch.where
+        for k in kinds:
+            for i in range(p.shape[0]):
+                names.append(f"{batch.name} {k} row {i}")
+                ps.append(np.pad(p[i], (0, width - v)))
+                masks.append(np.pad(where[i], (0, width - v)))
+                if k == "int":
+                    labels.append(batch.y[i])
+                else:
+                    labels.append(np.pad(_flush(batch.soft[k][i], dtype), (0, width - v)))
+    weights = _cast(np.random.default_rng(3).uniform(0.0, 3.0, size=width), dtype)
+    return names, np.array(ps), np.array(labels), np.array(masks), weights
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_categorical_cross_entropy_accuracy(dtype, x64, request):
+@pytest.mark.parametrize("labels_kind", ["int", "soft"])
+def test_categorical_cross_entropy_accuracy(labels_kind, dtype, x64, request):
+    """Integer labels with class weights, soft labels without (both ways with --run-slow)."""
+    slow = _slow(request)
+    names, p, labels, where, weights = _categorical_batch(dtype, slow, labels_kind)
+    integer = labels_kind == "int"
+    lab = jnp.asarray(labels, jnp.int32 if integer else dtype)
     worst_v, worst_g = (0.0, ""), (0.0, "")
-    for name, p, labels, where, w, kind in _categorical_rows(dtype, _slow(request)):
-        lab = jnp.asarray(labels, jnp.int32 if kind == "int" else dtype)
-        mask = None if where is None else jnp.asarray(where)
+    for w in [weights, None] if slow else [weights if integer else None]:
         cw = None if w is None else jnp.asarray(w, dtype)
-        v, g = _cce_value_and_grad(jnp.asarray(p, dtype), lab, mask, cw)
+        v, g = _cce_value_and_grad(jnp.asarray(p, dtype), lab, jnp.asarray(where), cw)
         v, g = _np(v), _np(g)
-        for i in range(p.shape[0]):
-            t = np.eye(p.shape[1])[labels[i]] if kind == "int" else labels[i]
+        for i, name in enumerate(names):
+            t = np.eye(p.shape[1])[labels[i]] if integer else labels[i]
             if w is not None:
                 # The weighted target w_k·t_k is formed first; where it is subnormal XLA flushes
                 # it to 0 (NUMERICS.md's subnormal rule, applied to that intermediate): the
                 # class is then absent, also at p_k = 0 (gradient 0 instead of -inf).
                 t = np.where(np.abs(w * t) < TINY[dtype], 0.0, t)
-            r = ref.mp_categorical_cross_entropy_probs(
-                p[i], t, w, None if where is None else where[i]
-            )
+            r = ref.mp_categorical_cross_entropy_probs(p[i], t, w, where[i])
             ev = float(np.max(_errors(v[i], r.value, r.kappa, dtype)))
             eg = float(np.max(_errors(g[i], r.grad, r.kappa_grad, dtype)))
-            worst_v = max(worst_v, (ev, f"{name} row {i}"))
-            worst_g = max(worst_g, (eg, f"{name} row {i}"))
-    print(f"categorical_cross_entropy {dtype}: value {worst_v}, grad {worst_g}")
+            worst_v = max(worst_v, (ev, name))
+            worst_g = max(worst_g, (eg, name))
+    print(f"categorical_cross_entropy {labels_kind} {dtype}: value {worst_v}, grad {worst_g}")
     assert worst_v[0] <= VALUE_BOUND, worst_v
     assert worst_g[0] <= GRAD_BOUND, worst_g
 
@@ -231,20 +248,32 @@ BINARY_EDGES = {
 }
 
 
-@pytest.mark.parametrize("row", list(BINARY_EDGES))
-def test_binary_cross_entropy_edge_table(row):
-    p, t, w, value, grad, hess = BINARY_EDGES[row]
-    pa, ta, wa = jnp.array([p]), jnp.array([t]), jnp.array([w])
+@jax.jit
+@jax.vmap
+def _bce_row(p, t, w):
+    """Value, d/dp and d2/dp2 of one element (vmapped over the table: one compile)."""
 
     def f(a):
-        return jnp.sum(bce(a, ta, weights=wa))
+        return bce(a[None], t[None], weights=w[None])[0]
 
+    return f(p), jax.grad(f)(p), jax.hessian(f)(p)
+
+
+@functools.cache
+def _binary_table():
+    p, t, w = (jnp.array([r[i] for r in BINARY_EDGES.values()], jnp.float32) for i in range(3))
     with jax.debug_nans(True):
-        v, g = jax.jit(jax.value_and_grad(f))(pa)
-        h = jax.jit(jax.hessian(f))(pa)
-    np.testing.assert_allclose(float(v), value, rtol=1e-6)
-    np.testing.assert_allclose(float(g[0]), grad, rtol=1e-6)
-    np.testing.assert_allclose(float(h[0, 0]), hess, rtol=1e-6)
+        return [_np(a) for a in _bce_row(p, t, w)]
+
+
+@pytest.mark.parametrize("row", list(BINARY_EDGES))
+def test_binary_cross_entropy_edge_table(row):
+    i = list(BINARY_EDGES).index(row)
+    *_, value, grad, hess = BINARY_EDGES[row]
+    v, g, h = _binary_table()
+    np.testing.assert_allclose(v[i], value, rtol=1e-6)
+    np.testing.assert_allclose(g[i], grad, rtol=1e-6)
+    np.testing.assert_allclose(h[i], hess, rtol=1e-6)
 
 
 def test_binary_cross_entropy_nan_rows():
@@ -277,15 +306,27 @@ LOGIT_EDGES = {
 }
 
 
+@jax.jit
+@jax.vmap
+def _logit_row(p):
+    return jaxce.logit(p), jax.grad(jaxce.logit)(p), jax.hessian(jaxce.logit)(p)
+
+
+@functools.cache
+def _logit_table():
+    p = jnp.array([r[0] for r in LOGIT_EDGES.values()], jnp.float32)
+    eager = _np(jaxce.logit(p))  # the public call (its own jit) agrees with the vmapped one
+    return [eager, *(_np(a) for a in _logit_row(p))]
+
+
 @pytest.mark.parametrize("row", list(LOGIT_EDGES))
-@pytest.mark.parametrize("fn", ["logit", "log_odds"])
-def test_logit_edge_table(row, fn):
-    p, value, deriv = LOGIT_EDGES[row]
-    f = getattr(jaxce, fn)
-    x = jnp.float32(p)
-    np.testing.assert_allclose(float(f(x)), value, rtol=1e-6)
-    np.testing.assert_allclose(float(jax.jit(jax.grad(f))(x)), deriv, rtol=1e-6)
-    np.testing.assert_allclose(float(jax.grad(f)(x)), deriv, rtol=1e-6)
+def test_logit_edge_table(row):
+    i = list(LOGIT_EDGES).index(row)
+    _, value, deriv = LOGIT_EDGES[row]
+    eager, v, g, _ = _logit_table()
+    np.testing.assert_allclose(eager[i], value, rtol=1e-6)
+    np.testing.assert_allclose(v[i], value, rtol=1e-6)
+    np.testing.assert_allclose(g[i], deriv, rtol=1e-6)
 
 
 def test_log_odds_is_logit():
@@ -296,7 +337,7 @@ def test_logit_second_derivative_stays_finite_where_true_one_is():
     """d2/dp2 logit = -(1 - 2p)/(p(1 - p))^2, from the rule's output: finite at p = 1e-19
     (about -1e38 in float32), where the quotient rule's (p(1 - p))^2 underflows."""
     p = jnp.array([1e-19, 0.5, 0.25, 1.0 - 2.0**-24, 0.0, 1.0], jnp.float32)
-    h = _np(jax.jit(jax.vmap(jax.hessian(jaxce.logit)))(p))
+    h = _np(_logit_row(p)[2])
     pf = _np(p)
     with np.errstate(divide="ignore"):
         exact = -(1 - 2 * pf) / (pf * (1 - pf)) ** 2
@@ -345,18 +386,40 @@ CATEGORICAL_EDGES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("row", list(CATEGORICAL_EDGES))
-def test_categorical_cross_entropy_edge_table(row):
-    p, labels, where, weights, value, grad = CATEGORICAL_EDGES[row]
+@jax.jit
+@jax.vmap
+def _cce_row(p, labels, where, weights):
+    """Value and gradient of one example (vmapped over the table's rows)."""
 
     def f(a):
-        return jnp.sum(cce(a, labels, where=where, weights=weights))
+        return cce(a[None], labels[None], where=where[None], weights=weights)[0]
 
-    with jax.debug_nans(True):
-        v, g = jax.jit(jax.value_and_grad(f))(p)
-    np.testing.assert_allclose(float(v), value, rtol=1e-6)
-    np.testing.assert_allclose(_np(g)[0], grad, rtol=1e-6)
-    np.testing.assert_allclose(float(f(p)), value, rtol=1e-6)  # eager: same
+    return jax.value_and_grad(f)(p)
+
+
+@functools.cache
+def _categorical_table():
+    """The table in two calls (integer and probability labels); None masks/weights as ones."""
+    out = {}
+    for integer in (True, False):
+        rows = [k for k, r in CATEGORICAL_EDGES.items() if (r[1].ndim == 1) == integer]
+        cols = list(zip(*(CATEGORICAL_EDGES[k][:4] for k in rows), strict=True))
+        p = jnp.concatenate(cols[0])
+        labels = jnp.concatenate(cols[1])
+        where = jnp.concatenate([jnp.ones((1, 3), bool) if m is None else m for m in cols[2]])
+        w = jnp.stack([jnp.ones(3) if c is None else c for c in cols[3]])
+        with jax.debug_nans(True):
+            v, g = _cce_row(p, labels, where, w)
+        out.update({k: (_np(v)[i], _np(g)[i]) for i, k in enumerate(rows)})
+    return out
+
+
+@pytest.mark.parametrize("row", list(CATEGORICAL_EDGES))
+def test_categorical_cross_entropy_edge_table(row):
+    *_, value, grad = CATEGORICAL_EDGES[row]
+    v, g = _categorical_table()[row]
+    np.testing.assert_allclose(v, value, rtol=1e-6)
+    np.testing.assert_allclose(g, grad, rtol=1e-6)
 
 
 def test_categorical_integer_labels_equal_one_hot():
@@ -364,14 +427,20 @@ def test_categorical_integer_labels_equal_one_hot():
     p = jnp.asarray(rng.dirichlet(np.ones(5), size=4), jnp.float32)
     y = jnp.array([0, 4, 2, 2])
     cw = jnp.array([1.0, 2.0, 0.5, 0.0, 3.0])
-    oh = jax.nn.one_hot(y, 5)
-    np.testing.assert_array_equal(cce(p, y, weights=cw), cce(p, oh, weights=cw))
-    gi = jax.grad(lambda a: cce(a, y, weights=cw).sum())(p)
-    go = jax.grad(lambda a: cce(a, oh, weights=cw).sum())(p)
+
+    @jax.jit
+    def both(a):
+        oh = jax.nn.one_hot(y, 5)
+        return [
+            jax.value_and_grad(lambda b, lab=lab: cce(b, lab, weights=cw).sum())(a)
+            for lab in (y, oh)
+        ] + [cce(a.reshape(4, 1, 5), y, axis=(1, 2)), cce(a, y)]
+
+    (vi, gi), (vo, go), tuple_axis, flat = both(p)
+    np.testing.assert_array_equal(vi, vo)
     np.testing.assert_array_equal(gi, go)
     # Tuple axis: the integer label is the flat (row-major) index over the class axes.
-    p2 = p.reshape(4, 1, 5)
-    np.testing.assert_allclose(cce(p2, y, axis=(1, 2)), cce(p, y), rtol=1e-7)
+    np.testing.assert_allclose(tuple_axis, flat, rtol=1e-7)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,24 +454,37 @@ def _keras_style_bce(p, t, eps=1e-7):
     return -(t * jnp.log(pc) + (1.0 - t) * jnp.log(1.0 - pc))
 
 
+@jax.jit
+def _keras_and_jaxce(p, t, pc, tc):
+    def vg(f, a):
+        return jax.value_and_grad(lambda b: f(b).sum())(a)
+
+    return (
+        vg(lambda a: _keras_style_bce(a, t), p),
+        vg(lambda a: bce(a, t), p),
+        vg(lambda a: -(tc * jnp.log(jnp.clip(a, 1e-7, 1 - 1e-7))), pc),
+        vg(lambda a: cce(a, tc), pc),
+        _keras_style_bce(p, t),
+        bce(p, t),
+    )
+
+
 def test_keras_clip_flattens_the_gradient_below_1e_7():
     p = jnp.array([1e-12, 1e-9, 5e-8, 2e-7, 1e-3], jnp.float32)
-    t = jnp.ones_like(p)
-    g_keras = jax.grad(lambda a: _keras_style_bce(a, t).sum())(p)
-    g_ours = jax.grad(lambda a: bce(a, t).sum())(p)
+    pc = jnp.array([[1e-9, 1.0 - 1e-9]], jnp.float32)
+    tc = jnp.array([[1.0, 0.0]])
+    (_, g_keras), (_, g_ours), (_, gk), (_, g), v_keras, v_ours = _keras_and_jaxce(
+        p, jnp.ones_like(p), pc, tc
+    )
+    g_keras, g_ours, v_keras, v_ours = _np(g_keras), _np(g_ours), _np(v_keras), _np(v_ours)
     below = _np(p) < 1e-7
-    assert np.all(_np(g_keras)[below] == 0.0)  # the clip: no signal to raise p
-    np.testing.assert_allclose(_np(g_ours), -1.0 / _np(p), rtol=1e-6)  # exact -1/p everywhere
-    np.testing.assert_allclose(_np(g_keras)[~below], _np(g_ours)[~below], rtol=1e-5)
+    assert np.all(g_keras[below] == 0.0)  # the clip: no signal to raise p
+    np.testing.assert_allclose(g_ours, -1.0 / _np(p), rtol=1e-6)  # exact -1/p everywhere
+    np.testing.assert_allclose(g_keras[~below], g_ours[~below], rtol=1e-5)
     # And the loss saturates at -log(1e-7) = 16.118 under the clip; jaxce's is -log p.
-    v_keras, v_ours = _np(_keras_style_bce(p, t)), _np(bce(p, t))
     np.testing.assert_allclose(v_keras[below], -math.log(np.float32(1e-7)), rtol=1e-5)
     np.testing.assert_allclose(v_ours, -np.log(_np(p)), rtol=1e-6)
     # Categorical: the same clip, the same flat gradient; jaxce's -t/p.
-    pc = jnp.array([[1e-9, 1.0 - 1e-9]], jnp.float32)
-    tc = jnp.array([[1.0, 0.0]])
-    g = jax.grad(lambda a: cce(a, tc).sum())(pc)
-    gk = jax.grad(lambda a: -(tc * jnp.log(jnp.clip(a, 1e-7, 1 - 1e-7))).sum())(pc)
     assert float(gk[0, 0]) == 0.0
     np.testing.assert_allclose(float(g[0, 0]), -1e9, rtol=1e-6)
 
@@ -412,7 +494,7 @@ def test_keras_clip_flattens_the_gradient_below_1e_7():
 # --------------------------------------------------------------------------------------------
 
 
-def test_binary_transforms(x64):
+def test_binary_transforms(x64, request):
     rng = np.random.default_rng(1)
     p = jnp.asarray(rng.uniform(0.05, 0.95, size=(3, 4)), jnp.float64)
     t = jnp.asarray(rng.uniform(0.05, 0.95, size=(3, 4)), jnp.float64)  # FD steps stay in [0, 1]
@@ -424,29 +506,33 @@ def test_binary_transforms(x64):
     np.testing.assert_allclose(jax.jit(f)(p, t), f(p, t), rtol=1e-15)
     np.testing.assert_allclose(jax.vmap(f)(p, t), f(p, t), rtol=1e-15)
     # Derivatives in p, t and w (orders 1 and 2, forward and reverse) against differences.
-    check_grads(jax.jit(lambda a, b: bce(a, b, weights=w)), (p, t), order=2, modes=["fwd", "rev"])
-    check_grads(jax.jit(lambda c: bce(p, t, weights=c)), (w,), order=1, modes=["rev"])
+    derivative_check(lambda a, b, c: bce(a, b, weights=c), (p, t, w), full=_slow(request))
+
     # jvp == grad, and the Hessian at the extremes: finite wherever the loss is.
+    @jax.jit
+    def extremes(pe, te):
+        _, jv = jax.jvp(lambda a: bce(a, te), (pe,), (jnp.ones_like(pe),))
+        gr = jax.grad(lambda a: bce(a, te).sum())(pe)
+        return jv, gr, jax.hessian(lambda a: bce(a, te).sum())(pe)
+
     pe = jnp.array([0.0, 1.0, 1e-300, 1.0 - 2.0**-53, 0.5, 1e-30])
     te = jnp.array([0.0, 1.0, 0.0, 1.0, 0.5, 1e-3])
-    _, jv = jax.jvp(lambda a: bce(a, te), (pe,), (jnp.ones_like(pe),))
-    gr = jax.grad(lambda a: bce(a, te).sum())(pe)
+    jv, gr, h = extremes(pe, te)
     np.testing.assert_array_equal(jv, gr)
-    h = jax.hessian(lambda a: bce(a, te).sum())(pe)
     assert np.all(np.isfinite(h))
     np.testing.assert_allclose(np.diag(h)[:4], 1.0, rtol=1e-15)
 
 
-def test_logit_transforms(x64):
+def test_logit_transforms(x64, request):
     p = jnp.array([0.1, 0.3, 0.5, 0.8, 0.6], jnp.float64)
-    check_grads(jax.jit(jaxce.logit), (p,), order=2, modes=["fwd", "rev"])
+    derivative_check(jaxce.logit, (p,), full=_slow(request))
     np.testing.assert_array_equal(jax.vmap(jaxce.logit)(p), jaxce.logit(p))
     # logit inverts sigmoid (in the range where sigmoid is well conditioned).
     x = jnp.array([-30.0, -3.0, 0.0, 2.0, 3.0])
     np.testing.assert_allclose(jaxce.logit(jaxce.sigmoid(x)), x, rtol=1e-14)
 
 
-def test_categorical_transforms(x64):
+def test_categorical_transforms(x64, request):
     rng = np.random.default_rng(2)
     p = jnp.asarray(rng.dirichlet(np.ones(4), size=3), jnp.float64)
     t = jnp.asarray(rng.dirichlet(np.ones(4), size=3), jnp.float64)
@@ -459,11 +545,14 @@ def test_categorical_transforms(x64):
     np.testing.assert_allclose(jax.jit(f)(p, t), f(p, t), rtol=1e-15)
     np.testing.assert_allclose(jax.vmap(lambda a, b: cce(a, b, weights=cw))(p, t),
                                cce(p, t, weights=cw), rtol=1e-15)  # fmt: skip
-    check_grads(jax.jit(f), (p, t), order=2, modes=["fwd", "rev"])
+    if _slow(request):
+        # Against finite differences to order 2. The default run scores the gradient
+        # against mpmath (test_categorical_cross_entropy_accuracy) and the Hessian below.
+        derivative_check(f, (p, t))
     # Hessian diag(w t / p^2); a zero target on p = 0 contributes nothing, even to the Hessian.
     pe = jnp.array([[0.5, 0.5, 0.0]])
     te = jnp.array([[0.25, 0.75, 0.0]])
-    h = jax.hessian(lambda a: cce(a, te).sum())(pe)[0, :, 0, :]
+    h = jax.jit(jax.hessian(lambda a: cce(a, te).sum()))(pe)[0, :, 0, :]
     np.testing.assert_allclose(h, np.diag([1.0, 3.0, 0.0]), rtol=1e-15)
 
 
@@ -472,23 +561,39 @@ def test_categorical_transforms(x64):
 # --------------------------------------------------------------------------------------------
 
 
+@jax.jit
+def _all_three(p, t):
+    """Each function's value and gradient, from inputs of any float dtype."""
+    y = jnp.array([1])
+    return (
+        jax.value_and_grad(lambda a: bce(a, t).sum())(p),
+        jax.value_and_grad(lambda a: cce(a, y).sum())(p[:, 1:3]),
+        jax.value_and_grad(lambda a: jaxce.logit(a).sum())(p[0, 1:3]),
+        bce(p, t),
+        cce(p[:, 1:3], y),
+        jaxce.logit(p[0, 1:3]),
+    )
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_16bit_inputs(dtype):
     p = jnp.array([[0.0, 0.25, 0.5, 1.0]], dtype)
     t = jnp.array([[0.0, 1.0, 0.5, 1.0]], dtype)
-    out = bce(p, t)
+    (_, g), (_, gc), (_, gl), out, c, lg = _all_three(p, t)
     assert out.dtype == jnp.float32
-    np.testing.assert_array_equal(out, bce(p.astype(jnp.float32), t.astype(jnp.float32)))
-    g = jax.grad(lambda a: bce(a, t).sum())(p)
-    assert g.dtype == dtype
-    np.testing.assert_array_equal(_np(g), [[1.0, -4.0, 0.0, -1.0]])
-    c = cce(p[:, 1:3], jnp.array([1]))
     assert c.dtype == jnp.float32
-    gc = jax.grad(lambda a: cce(a, jnp.array([1])).sum())(p[:, 1:3])
-    assert gc.dtype == dtype
-    lg = jaxce.logit(jnp.array([0.25, 0.5], dtype))
     assert lg.dtype == dtype
-    assert jax.grad(lambda a: jaxce.logit(a))(jnp.array(0.5, dtype)).dtype == dtype
+    assert g.dtype == gc.dtype == gl.dtype == dtype
+    # Computed in float32 on the exactly upcast inputs.
+    (_, g32), (_, gc32), _, out32, c32, lg32 = _all_three(
+        p.astype(jnp.float32), t.astype(jnp.float32)
+    )
+    np.testing.assert_array_equal(out, out32)
+    np.testing.assert_array_equal(c, c32)
+    np.testing.assert_array_equal(_np(lg), _np(lg32.astype(dtype)))
+    np.testing.assert_array_equal(_np(g), [[1.0, -4.0, 0.0, -1.0]])
+    np.testing.assert_array_equal(_np(g), _np(g32.astype(dtype)))
+    np.testing.assert_array_equal(_np(gc), _np(gc32.astype(dtype)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,39 +643,39 @@ def test_binary_value_checks_eager_and_jit():
     p = jnp.array([0.2, 1.5, 0.7])
     t = jnp.array([1.0, 1.0, -0.5])
     good = jnp.array([0.2, 0.5, 0.7])
+    ones = jnp.ones(3)
+    neg_w = jnp.array([-1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match=r"`probs` holds 1.5 at position \(1,\)"):
-        bce(p, jnp.ones(3))
+        bce(p, ones)
     with pytest.raises(ValueError, match=r"`labels` holds -0.5 at position \(2,\)"):
         bce(good, t)
     with pytest.raises(ValueError, match=r"`weights` holds -1.0 at position \(0,\)"):
-        bce(good, jnp.ones(3), weights=jnp.array([-1.0, 1.0, 1.0]))
-    out = jax.jit(bce)(p, jnp.ones(3))
-    g = jax.jit(jax.grad(lambda a: bce(a, jnp.ones(3)).sum()))(p)
-    assert np.isnan(out[1])
-    assert np.isnan(g[1])
-    assert np.isfinite(_np(out)[[0, 2]]).all()
-    assert np.isfinite(_np(g)[[0, 2]]).all()
-    out = jax.jit(bce)(good, t)
-    assert np.isnan(out[2])
-    assert np.isfinite(out[:2]).all()
-    f = jax.jit(lambda a, w: bce(a, jnp.ones(3), weights=w))
-    out = f(good, jnp.array([-1.0, 1.0, 1.0]))
-    assert np.isnan(out[0])
-    assert np.isfinite(out[1:]).all()
-    gw = jax.grad(lambda a: f(a, jnp.array([-1.0, 1.0, 1.0])).sum())(good)
-    assert np.isnan(gw[0])
-    assert np.isfinite(gw[1:]).all()
-    err, _ = jaxce.checked(lambda a: bce(a, jnp.ones(3)))(p)
+        bce(good, ones, weights=neg_w)
+    # Under jit: NaN for the bad element only, in the value and the gradient.
+    for a, b, w, bad in ((p, ones, ones, 1), (good, t, ones, 2), (good, ones, neg_w, 0)):
+        out, g = _bce_value_and_grad_weighted(a, b, w)
+        ok = np.arange(3) != bad
+        assert np.isnan(out[bad])
+        assert np.isnan(g[bad])
+        assert np.isfinite(_np(out)[ok]).all()
+        assert np.isfinite(_np(g)[ok]).all()
+    err, _ = jaxce.checked(lambda a: bce(a, ones))(p)
     assert "`probs` holds" in err.get()
     with jaxce.target_checks(False):  # the switch turns the probability checks off
-        assert np.isfinite(bce(jnp.array([0.5]), jnp.array([1.0]))).all()
         bce(good, t)  # no error
+
+
+@jax.jit
+def _bce_value_and_grad_weighted(p, t, w):
+    value, vjp = jax.vjp(lambda a: bce(a, t, weights=w), p)
+    return value, vjp(jnp.ones_like(value))[0]
 
 
 def test_categorical_value_checks_eager_and_jit():
     p = jnp.array([[0.2, 0.8], [1.5, -0.5]])
     y = jnp.array([0, 1])
     good = jnp.array([[0.2, 0.8], [0.5, 0.5]])
+    w1 = jnp.ones(2)
     with pytest.raises(ValueError, match=r"`probs` holds 1.5 at position \(1, 0\)"):
         cce(p, y)
     with pytest.raises(ValueError, match=r"`labels` holds 2 at position \(1,\)"):
@@ -582,26 +687,20 @@ def test_categorical_value_checks_eager_and_jit():
     # A masked class is not checked.
     np.testing.assert_allclose(cce(p, y, where=jnp.array([[True, True], [False, False]]))[0],
                                -math.log(0.2), rtol=1e-6)  # fmt: skip
-    out = jax.jit(cce)(p, y)
-    g = jax.jit(jax.grad(lambda a: cce(a, y).sum()))(p)
-    assert np.isnan(out[1])
-    assert np.isfinite(out[0])
-    assert np.isnan(g[1]).all()
-    assert np.isfinite(g[0]).all()
-    # A bad probability on a zero-target class still poisons its example (value and gradient).
+    # Under jit the bad example is NaN, value and every gradient component; the other is not.
+    # A bad probability on a zero-target class (the second case) poisons its example too.
     p0 = jnp.array([[0.2, 0.8], [1.5, 0.5]])
-    out, g = jax.jit(jax.value_and_grad(lambda a: cce(a, y)[1]))(p0)
-    assert np.isnan(out)
-    assert np.isnan(g[1]).all()
-    assert np.all(_np(jax.jit(lambda a: cce(a, y))(p0))[0] == -np.log(np.float32(0.2)))
-    out = jax.jit(cce)(good, jnp.array([0, 2]))
-    assert np.isnan(out[1])
-    assert np.isfinite(out[0])
-    out = jax.jit(cce)(good, jnp.array([[0.5, 0.5], [-0.5, 1.5]]))
+    for a, lab in ((p, y), (p0, y), (good, jnp.array([0, 2]))):
+        out, g = _cce_value_and_grad(a, lab, None, w1)
+        assert np.isnan(out[1])
+        assert np.isnan(g[1]).all()
+        assert np.isfinite(out[0])
+        assert np.isfinite(g[0]).all()
+    out, g = _cce_value_and_grad(good, jnp.array([[0.5, 0.5], [-0.5, 1.5]]), None, w1)
     assert np.isnan(out[1])
     assert np.isfinite(out[0])
     # A negative class weight: every example is NaN (0·NaN stays NaN, as in jaxce.safe_mul).
-    out = jax.jit(lambda w: cce(good, y, weights=w))(jnp.array([1.0, -1.0]))
+    out, _ = _cce_value_and_grad(good, y, None, jnp.array([1.0, -1.0]))
     assert np.isnan(out).all()
     err, _ = jaxce.checked(lambda a: cce(a, y))(p)
     assert "`probs` holds" in err.get()
