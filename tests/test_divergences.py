@@ -173,8 +173,9 @@ def test_generalized_kl_nearly_equal_no_cancellation(rel, dtype, x64):
     eg = ref.condition_scaled_error(np.asarray(g, np.float64), r.grad, r.kappa_grad, U)
     assert ev <= 4.0, ev
     assert np.max(eg) <= 8.0, np.max(eg)
-    theirs = optax.losses.generalized_kl_divergence(lp, t)
-    assert ref.condition_scaled_error(np.float64(theirs), r.value, r.kappa, U) > 16 * ev + 16
+    if rel <= 1e-4:  # optax's KL + sum(p - t) cancels once the terms are this small
+        theirs = optax.losses.generalized_kl_divergence(lp, t)
+        assert ref.condition_scaled_error(np.float64(theirs), r.value, r.kappa, U) > 16 * ev + 16
 
 
 def test_generalized_kl_where_and_bad_targets():
