@@ -1794,6 +1794,9 @@ def mp_categorical_cross_entropy_probs(
         kg = [abs(g) if mp.isfinite(g) else zero for g in grad]
         if value == mp.inf:
             kappa = zero
+        return Ref(value, grad, kappa, kg)
+
+
 # ----------------------------------------------------------------------------------------------
 # Softmax family (issue 3): focal loss and PolyLoss, mpmath, O(V) exponentials per evaluation
 # (for V >= 100; the functions above form all V^2 ratios e^{x_j - x_k})

@@ -110,7 +110,14 @@ def test_rl_masked_actions_naive_entropy_is_nan():
 
 
 @pytest.mark.parametrize("name", list(PAIR_FNS))
-@pytest.mark.parametrize("how", ["-inf logits", "where", "both"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("-inf logits", marks=pytest.mark.slow),
+        pytest.param("where", marks=pytest.mark.slow),
+        "both",
+    ],
+)
 def test_rl_masked_actions_pair_exact_value_grad_hessian(name, how):
     """KL / JS between two policies over the same legal actions: the masked actions contribute
     exact zeros to the value, both gradients and the full Hessian."""
@@ -319,8 +326,11 @@ def test_entropy_near_deterministic_full_relative_precision():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", list(PAIR_FNS))
-@pytest.mark.parametrize("scale", [1e-4, 1.0, 30.0])
-@pytest.mark.parametrize("eps", [1e-3, 1e-6])
+@pytest.mark.parametrize(
+    "scale",
+    [pytest.param(1e-4, marks=pytest.mark.slow), 1.0, pytest.param(30.0, marks=pytest.mark.slow)],
+)
+@pytest.mark.parametrize("eps", [1e-3, pytest.param(1e-6, marks=pytest.mark.slow)])
 def test_nearly_equal_distributions_no_cancellation(name, scale, eps, dtype, x64):
     """Two nearly equal policies (logits of size `scale`, perturbed by `eps`): the tiny KL / JS
     within 4 condition-scaled ulps, gradients within 8; sum p·(log p - log q) in the same dtype
@@ -421,7 +431,7 @@ def _grid_check(name: str, dtype: str, slow: bool) -> Worst:
 
 
 _F64_PAIR_GRAD = pytest.mark.xfail(
-    strict=False,
+    strict=True,
     reason="float64 gradients of KL / JS on two-class rows with a dominant class (scale 30, "
     "V=2) are not yet within 8 ulps (measured up to ~5e12); values are within 4",
 )
@@ -434,6 +444,8 @@ def test_accuracy_grid(name, dtype, request, x64):
     up to 10^4 with --run-slow, where V > 1000 rows allow 16 / 32 as for the losses)."""
     if dtype == "float64" and name in PAIR_FNS:
         request.applymarker(_F64_PAIR_GRAD)
+        if not request.config.getoption("--run-slow"):
+            pytest.skip("known float64 gradient miss (strict xfail): runs with --run-slow")
     slow = request.config.getoption("--run-slow")
     worst = _grid_check(name, dtype, slow)
     vb, gb = bounds(10_000 if slow else 1000)
@@ -487,6 +499,7 @@ def test_jit_vmap_jvp_agree_and_hessians_finite():
         assert np.all(np.isfinite(h))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fn", [ENTROPY, KL, JS], ids=["entropy", "kl", "js"])
 def test_check_grads_order_2(fn, x64):
     """Second-order derivatives of the custom JVP rules against finite differences (float64)."""
