@@ -15,6 +15,7 @@ import pytest
 from jax.experimental import checkify
 
 import jaxce
+import jaxce.torch as jt
 
 X = jnp.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0], [0.0, 0.0, 0.0]])
 GOOD_T = jnp.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
@@ -164,3 +165,612 @@ def test_nan_target_is_outside_the_domain():
 def test_empty_batch_needs_no_check():
     out = jaxce.softmax_cross_entropy(jnp.zeros((0, 3)), jnp.zeros((0, 3)))
     assert out.shape == (0,)
+
+
+# --------------------------------------------------------------------------------------------
+# Every loss of jaxce.LOSSES and jaxce.torch (issue 5): value checks and trace-time errors
+# --------------------------------------------------------------------------------------------
+
+P = jax.nn.softmax(X)
+Y = jnp.array([0, 2, 1])
+C3 = jnp.array([1.0, -2.0, 1.0])  # a negative per-class weight at class 1
+ROW1, ALL, ELEM = (1,), "all", (1, 2)
+ONE = jnp.ones(())
+_IDX = "ignore_index_case"
+
+
+def _xfail_weight_name(case):
+    """jaxce.torch takes PyTorch's ``weight`` but its value errors name ``weights``."""
+    return pytest.param(
+        case,
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="jaxce.torch passes `weight` on as the core loss's `weights`: the message "
+            "names `weights`, not the argument the caller used",
+        ),
+    )
+
+
+# id -> (fn, good args, bad args, argument, value, position, bad examples of the output)
+# fn(*args) returns per-example losses; the bad value sits in row 1 (element (1, 2) for
+# elementwise losses) or, for scalar options, affects every example (ALL).
+VALUE_CASES: dict[str, tuple] = {
+    "softmax_cross_entropy-weights": (
+        lambda x, w: jaxce.softmax_cross_entropy(x, GOOD_T, weights=w),
+        (X, jnp.ones(3)),
+        (X, C3),
+        "weights",
+        "-2.0",
+        "(1,)",
+        ALL,
+    ),
+    "softmax_cross_entropy-temperature": (
+        lambda x, s: jaxce.softmax_cross_entropy(x, GOOD_T, temperature=s),
+        (X, ONE),
+        (X, jnp.zeros(())),
+        "temperature",
+        "0.0",
+        "()",
+        ALL,
+    ),
+    "softmax_cross_entropy-logit_soft_cap": (
+        lambda x, s: jaxce.softmax_cross_entropy(x, GOOD_T, logit_soft_cap=s),
+        (X, 5 * ONE),
+        (X, -ONE),
+        "logit_soft_cap",
+        "-1.0",
+        "()",
+        ALL,
+    ),
+    "softmax_cross_entropy-label_smoothing": (
+        lambda x, s: jaxce.softmax_cross_entropy(x, GOOD_T, label_smoothing=s),
+        (X, 0.1 * ONE),
+        (X, 1.5 * ONE),
+        "label_smoothing",
+        "1.5",
+        "()",
+        ALL,
+    ),
+    "softmax_cross_entropy-z_loss": (
+        lambda x, s: jaxce.softmax_cross_entropy(x, GOOD_T, z_loss=s),
+        (X, 0.1 * ONE),
+        (X, -ONE),
+        "z_loss",
+        "-1.0",
+        "()",
+        ALL,
+    ),
+    "softmax_cross_entropy_with_integer_labels-ignore_index": (
+        lambda x, y: jaxce.softmax_cross_entropy_with_integer_labels(x, y, ignore_index=-100),
+        (X, jnp.array([0, -100, 1])),
+        (X, jnp.array([0, 3, 1])),
+        "labels",
+        "3",
+        "(1,)",
+        ROW1,
+    ),
+    "softmax_cross_entropy_with_integer_labels-temperature": (
+        lambda x, s: jaxce.softmax_cross_entropy_with_integer_labels(x, Y, temperature=s),
+        (X, ONE),
+        (X, -ONE),
+        "temperature",
+        "-1.0",
+        "()",
+        ALL,
+    ),
+    "sigmoid_binary_cross_entropy-pos_weight": (
+        lambda x, w: jaxce.sigmoid_binary_cross_entropy(x, GOOD_T, pos_weight=w),
+        (X, jnp.ones(3)),
+        (X, C3),
+        "pos_weight",
+        "-2.0",
+        "(1,)",
+        "col1",
+    ),
+    "sigmoid_binary_cross_entropy-weights": (
+        lambda x, w: jaxce.sigmoid_binary_cross_entropy(x, GOOD_T, weights=w),
+        (X, jnp.ones(3)),
+        (X, C3),
+        "weights",
+        "-2.0",
+        "(1,)",
+        "col1",
+    ),
+    "sigmoid_focal_loss-labels": (
+        jaxce.sigmoid_focal_loss,
+        (X, GOOD_T),
+        (X, BAD_T),
+        "labels",
+        "1.5",
+        "(1, 2)",
+        ELEM,
+    ),
+    "sigmoid_focal_loss-alpha": (
+        lambda x, a: jaxce.sigmoid_focal_loss(x, GOOD_T, alpha=a),
+        (X, 0.25 * ONE),
+        (X, 1.5 * ONE),
+        "alpha",
+        "1.5",
+        "()",
+        ALL,
+    ),
+    "sigmoid_focal_loss-gamma": (
+        lambda x, g: jaxce.sigmoid_focal_loss(x, GOOD_T, gamma=g),
+        (X, 2 * ONE),
+        (X, -ONE),
+        "gamma",
+        "-1.0",
+        "()",
+        ALL,
+    ),
+    "poly_loss_cross_entropy-labels": (
+        jaxce.poly_loss_cross_entropy,
+        (X, GOOD_T),
+        (X, BAD_T),
+        "labels",
+        "1.5",
+        "(1, 2)",
+        ROW1,
+    ),
+    "generalized_kl_divergence-targets": (
+        jaxce.generalized_kl_divergence,
+        (LP, GOOD_T),
+        (LP, GOOD_T.at[1, 2].set(-0.5)),
+        "targets",
+        "-0.5",
+        "(1, 2)",
+        ROW1,
+    ),
+    "convex_kl_divergence-targets": (
+        jaxce.convex_kl_divergence,
+        (LP, GOOD_T),
+        (LP, GOOD_T.at[1, 2].set(-0.5)),
+        "targets",
+        "-0.5",
+        "(1, 2)",
+        ROW1,
+    ),
+    "softmax_focal_loss-labels": (
+        jaxce.softmax_focal_loss,
+        (X, GOOD_T),
+        (X, BAD_T),
+        "labels",
+        "1.5",
+        "(1, 2)",
+        ROW1,
+    ),
+    "softmax_focal_loss-alpha": (
+        lambda x, a: jaxce.softmax_focal_loss(x, GOOD_T, alpha=a),
+        (X, jnp.ones(3)),
+        (X, C3),
+        "alpha",
+        "-2.0",
+        "(1,)",
+        ALL,
+    ),
+    "softmax_focal_loss-gamma": (
+        lambda x, g: jaxce.softmax_focal_loss(x, GOOD_T, gamma=g),
+        (X, 2 * ONE),
+        (X, -ONE),
+        "gamma",
+        "-1.0",
+        "()",
+        ALL,
+    ),
+    "binary_cross_entropy-probs": (
+        jaxce.binary_cross_entropy,
+        (P, GOOD_T),
+        (P.at[1, 2].set(1.5), GOOD_T),
+        "probs",
+        "1.5",
+        "(1, 2)",
+        ELEM,
+    ),
+    "binary_cross_entropy-labels": (
+        jaxce.binary_cross_entropy,
+        (P, GOOD_T),
+        (P, BAD_T),
+        "labels",
+        "1.5",
+        "(1, 2)",
+        ELEM,
+    ),
+    "binary_cross_entropy-weights": (
+        lambda p, w: jaxce.binary_cross_entropy(p, GOOD_T, weights=w),
+        (P, jnp.ones(3)),
+        (P, C3),
+        "weights",
+        "-2.0",
+        "(1,)",
+        "col1",
+    ),
+    "categorical_cross_entropy-probs": (
+        jaxce.categorical_cross_entropy,
+        (P, GOOD_T),
+        (P.at[1, 2].set(-0.5), GOOD_T),
+        "probs",
+        "-0.5",
+        "(1, 2)",
+        ROW1,
+    ),
+    "categorical_cross_entropy-labels": (
+        jaxce.categorical_cross_entropy,
+        (P, GOOD_T),
+        (P, BAD_T),
+        "labels",
+        "1.5",
+        "(1, 2)",
+        ROW1,
+    ),
+    "categorical_cross_entropy-weights": (
+        lambda p, w: jaxce.categorical_cross_entropy(p, GOOD_T, weights=w),
+        (P, jnp.ones(3)),
+        (P, C3),
+        "weights",
+        "-2.0",
+        "(1,)",
+        ALL,
+    ),
+    "torch.cross_entropy-labels": (
+        lambda x, y: jt.cross_entropy(x, y, reduction="none"),
+        (X, Y),
+        (X, jnp.array([0, 3, 1])),
+        "labels",
+        "3",
+        "(1,)",
+        ROW1,
+    ),
+    "torch.cross_entropy-soft_labels": (
+        lambda x, t: jt.cross_entropy(x, t, reduction="none"),
+        (X, GOOD_T),
+        (X, BAD_T),
+        "labels",
+        "1.5",
+        "(1, 2)",
+        ROW1,
+    ),
+    "torch.cross_entropy-weight": (
+        lambda x, w: jt.cross_entropy(x, Y, weight=w, reduction="none"),
+        (X, jnp.ones(3)),
+        (X, C3),
+        "weight",
+        "-2.0",
+        "(1,)",
+        (2,),  # the label-1 example
+    ),
+    "torch.nll_loss-labels": (
+        lambda lp, y: jt.nll_loss(lp, y, reduction="none"),
+        (LP, Y),
+        (LP, jnp.array([0, 3, 1])),
+        "labels",
+        "3",
+        "(1,)",
+        ROW1,
+    ),
+    "torch.nll_loss-weight": (
+        lambda lp, w: jt.nll_loss(lp, Y, weight=w, reduction="none"),
+        (LP, jnp.ones(3)),
+        (LP, C3),
+        "weight",
+        "-2.0",
+        "(1,)",
+        (2,),  # the label-1 example
+    ),
+    "torch.binary_cross_entropy-probs": (
+        lambda p, t: jt.binary_cross_entropy(p, t, reduction="none"),
+        (P, GOOD_T),
+        (P.at[1, 2].set(1.5), GOOD_T),
+        "probs",
+        "1.5",
+        "(1, 2)",
+        ELEM,
+    ),
+    "torch.binary_cross_entropy-labels": (
+        lambda p, t: jt.binary_cross_entropy(p, t, reduction="none"),
+        (P, GOOD_T),
+        (P, BAD_T),
+        "labels",
+        "1.5",
+        "(1, 2)",
+        ELEM,
+    ),
+    "torch.binary_cross_entropy_with_logits-labels": (
+        lambda x, t: jt.binary_cross_entropy_with_logits(x, t, reduction="none"),
+        (X, GOOD_T),
+        (X, BAD_T),
+        "labels",
+        "1.5",
+        "(1, 2)",
+        ELEM,
+    ),
+    "torch.binary_cross_entropy_with_logits-pos_weight": (
+        lambda x, w: jt.binary_cross_entropy_with_logits(x, GOOD_T, pos_weight=w, reduction="none"),
+        (X, jnp.ones(3)),
+        (X, C3),
+        "pos_weight",
+        "-2.0",
+        "(1,)",
+        "col1",
+    ),
+    "torch.binary_cross_entropy_with_logits-weight": (
+        lambda x, w: jt.binary_cross_entropy_with_logits(x, GOOD_T, weight=w, reduction="none"),
+        (X, jnp.ones(3)),
+        (X, C3),
+        "weight",
+        "-2.0",
+        "(1,)",
+        "col1",
+    ),
+}
+WRONG_NAME = {"torch.cross_entropy-weight", "torch.binary_cross_entropy_with_logits-weight"}
+VALUE_PARAMS = [_xfail_weight_name(k) if k in WRONG_NAME else k for k in VALUE_CASES]
+_BROADCAST_POSITION = "categorical_cross_entropy-weights"
+VALUE_PARAMS[list(VALUE_CASES).index(_BROADCAST_POSITION)] = pytest.param(
+    _BROADCAST_POSITION,
+    marks=pytest.mark.xfail(
+        strict=True,
+        reason="categorical_cross_entropy checks its per-class weights after broadcasting them "
+        "to the probs' shape: the message gives position (0, 1) of shape (3, 3), not (1,) of "
+        "the (3,) weights passed",
+    ),
+)
+
+
+def test_every_loss_and_torch_function_has_value_checks():
+    covered = {k.split("-")[0] for k in VALUE_CASES} | set(CASES)
+    # entropy, kl_divergence_with_logits and jensen_shannon_divergence take logits only:
+    # no value domain to check (their `base` is checked at trace time below).
+    no_domain = {"entropy", "kl_divergence_with_logits", "jensen_shannon_divergence"}
+    assert set(jaxce.LOSSES) - no_domain <= covered
+    assert {f"torch.{n}" for n in jt.__all__ if n != "REDUCTIONS"} <= covered
+
+
+def _bad_mask(shape, bad) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    if bad == ALL:
+        m[...] = True
+    elif bad == "col1":
+        m[..., 1] = True
+    else:
+        m[bad] = True
+    return m
+
+
+@pytest.mark.parametrize("case", VALUE_PARAMS)
+def test_all_losses_eager_bad_value_raises_naming_argument_value_position(case):
+    fn, _, bad, arg, value, position, _ = VALUE_CASES[case]
+    match = re.escape(f"`{arg}` holds {value} at position {position}")
+    with pytest.raises(ValueError, match=match + r".*outside"):
+        fn(*bad)
+
+
+JIT_PARAMS = [
+    pytest.param(
+        k,
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="torch.nll_loss: an out-of-range label under jit gives a NaN loss but a zero "
+            "gradient for its example (policy of jaxce/_validate.py: NaN loss and gradient)",
+        ),
+    )
+    if k == "torch.nll_loss-labels"
+    else k
+    for k in VALUE_CASES
+]
+
+
+@pytest.mark.parametrize("case", JIT_PARAMS)
+def test_all_losses_under_jit_bad_value_is_nan_for_its_examples_only(case):
+    fn, good, bad, *_, where_bad = VALUE_CASES[case]
+    jfn = jax.jit(fn)
+    clean, out = np.asarray(jfn(*good)), np.asarray(jfn(*bad))
+    m = _bad_mask(out.shape, where_bad)
+    assert np.all(np.isnan(out[m])), out
+    np.testing.assert_array_equal(out[~m], clean[~m])
+    if np.issubdtype(bad[0].dtype, np.floating):
+        g = np.asarray(jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a))))(*bad))
+        gm = np.broadcast_to(m if m.shape == g.shape else m[..., None], g.shape)
+        assert np.isnan(g[gm]).any(), g
+        assert np.all(np.isfinite(g[~gm])), g
+
+
+@pytest.mark.parametrize("case", [k for k in VALUE_CASES if k not in WRONG_NAME])
+def test_all_losses_checked_mode_reports_the_bad_value(case):
+    fn, good, bad, arg, value, *_ = VALUE_CASES[case]
+    checked = jax.jit(jaxce.checked(fn))
+    err, out = checked(*good)
+    assert err.get() is None
+    np.testing.assert_allclose(out, fn(*good), rtol=1e-6)
+    err, _ = checked(*bad)
+    message = err.get()
+    assert message is not None
+    assert f"holds {value}" in message, message
+    assert arg in message, message
+    with pytest.raises(checkify.JaxRuntimeError):
+        err.throw()
+
+
+def test_logit_outside_unit_interval_is_nan_without_error():
+    """Documented (edge-case table): NaN, < 0 and > 1 give NaN, eager and under jit."""
+    p = jnp.array([0.25, -0.5, 1.5, jnp.nan])
+    for out in (jaxce.logit(p), jax.jit(jaxce.logit)(p)):
+        assert np.isfinite(out[0])
+        assert np.all(np.isnan(out[1:]))
+
+
+# id -> (thunk, exception, pieces the message must hold: argument, what it got, what expected)
+TRACE_CASES: dict[str, tuple] = {
+    "integer_logits-entropy": (
+        lambda: jaxce.entropy(jnp.array([[1, 2]])),
+        TypeError,
+        ["`logits`", "int32", "floating-point"],
+    ),
+    "integer_logits-kl_divergence_with_logits": (
+        lambda: jaxce.kl_divergence_with_logits(jnp.array([[1, 2]]), X[:1, :2]),
+        TypeError,
+        ["`p_logits`", "int32", "floating-point"],
+    ),
+    "integer_logits-softmax_focal_loss": (
+        lambda: jaxce.softmax_focal_loss(jnp.array([[1, 2, 3]]), GOOD_T[:1]),
+        TypeError,
+        ["`logits`", "int32", "floating-point"],
+    ),
+    "integer_logits-sigmoid_focal_loss": (
+        lambda: jaxce.sigmoid_focal_loss(jnp.array([[1, 2, 3]]), GOOD_T[:1]),
+        TypeError,
+        ["`logits`", "int32", "floating-point"],
+    ),
+    "integer_probs-binary_cross_entropy": (
+        lambda: jaxce.binary_cross_entropy(jnp.array([0, 1]), jnp.array([0.0, 1.0])),
+        TypeError,
+        ["`probs`", "int32", "floating-point"],
+    ),
+    "integer_p-logit": (
+        lambda: jaxce.logit(jnp.array([1, 0])),
+        TypeError,
+        ["`p`", "int32", "floating-point"],
+    ),
+    "integer_logits-torch.cross_entropy": (
+        lambda: jt.cross_entropy(jnp.array([[1, 2, 3]]), Y[:1]),
+        TypeError,
+        ["`logits`", "int32", "floating-point"],
+    ),
+    "float_labels-integer_labels": (
+        lambda: jaxce.softmax_cross_entropy_with_integer_labels(X, jnp.array([0.0, 1.0, 2.0])),
+        TypeError,
+        ["`labels`", "float32", "integer"],
+    ),
+    "float_labels-torch.nll_loss": (
+        lambda: jt.nll_loss(LP, jnp.array([0.0, 1.0, 2.0]).astype(bool)),
+        TypeError,
+        ["`labels`", "bool", "integer"],
+    ),
+    "shape-kl_divergence_with_logits": (
+        lambda: jaxce.kl_divergence_with_logits(X, X[:, :2]),
+        ValueError,
+        ["`p_logits`", "(3, 3)", "(3, 2)", "expected"],
+    ),
+    "shape-jensen_shannon_divergence": (
+        lambda: jaxce.jensen_shannon_divergence(X, X[:2]),
+        ValueError,
+        ["`q_logits`", "(2, 3)", "expected"],
+    ),
+    "shape-binary_cross_entropy": (
+        lambda: jaxce.binary_cross_entropy(P, GOOD_T[:, :2]),
+        ValueError,
+        ["`labels`", "(3, 2)", "expected"],
+    ),
+    "shape-poly_loss_cross_entropy": (
+        lambda: jaxce.poly_loss_cross_entropy(X, GOOD_T[:2]),
+        ValueError,
+        ["`labels`", "(2, 3)", "expected"],
+    ),
+    "shape-categorical_cross_entropy": (
+        lambda: jaxce.categorical_cross_entropy(P, GOOD_T[:, :2]),
+        ValueError,
+        ["`labels`", "(3, 2)", "expected"],
+    ),
+    "shape-generalized_kl_divergence": (
+        lambda: jaxce.generalized_kl_divergence(LP, GOOD_T[:, :2]),
+        ValueError,
+        ["`targets`", "(3, 2)", "expected"],
+    ),
+    "weights_length-categorical_cross_entropy": (
+        lambda: jaxce.categorical_cross_entropy(P, GOOD_T, weights=jnp.ones(4)),
+        ValueError,
+        ["`weights`", "(4,)", "expected one weight per class", "(3,)"],
+    ),
+    "weights_length-softmax_cross_entropy": (
+        lambda: jaxce.softmax_cross_entropy(X, GOOD_T, weights=jnp.ones(4)),
+        ValueError,
+        ["`weights`", "(4,)", "expected", "(3,)"],
+    ),
+    "alpha_length-softmax_focal_loss": (
+        lambda: jaxce.softmax_focal_loss(X, GOOD_T, alpha=jnp.ones(4)),
+        ValueError,
+        ["`alpha`", "(4,)", "expected", "(3,)"],
+    ),
+    "weight_length-torch.nll_loss": (
+        lambda: jt.nll_loss(LP, Y, weight=jnp.ones(4)),
+        ValueError,
+        ["`weight`", "(4,)", "expected", "(3,)"],
+    ),
+    "axis-softmax_focal_loss": (
+        lambda: jaxce.softmax_focal_loss(X, GOOD_T, axis=5),
+        ValueError,
+        ["`axis`=5", "out of range", "expected"],
+    ),
+    "axis-entropy": (
+        lambda: jaxce.entropy(X, axis=(1, 1)),
+        ValueError,
+        ["`axis`=(1, 1)", "repeats"],
+    ),
+    "axis-generalized_kl_divergence": (
+        lambda: jaxce.generalized_kl_divergence(LP, GOOD_T, axis=-3),
+        ValueError,
+        ["`axis`=-3", "expected"],
+    ),
+    "axis-torch.cross_entropy": (
+        lambda: jt.cross_entropy(X, Y, axis=4),
+        ValueError,
+        ["`axis`=4", "expected"],
+    ),
+    "where_shape-categorical_cross_entropy": (
+        lambda: jaxce.categorical_cross_entropy(P, GOOD_T, where=jnp.ones((2, 3), bool)),
+        ValueError,
+        ["`where`", "(2, 3)", "(3, 3)"],
+    ),
+    "where_dtype-entropy": (
+        lambda: jaxce.entropy(X, where=jnp.ones((3, 3))),
+        TypeError,
+        ["`where`", "float32", "boolean"],
+    ),
+    "where_shape-jensen_shannon_divergence": (
+        lambda: jaxce.jensen_shannon_divergence(X, X, where=jnp.ones((2, 3), bool)),
+        ValueError,
+        ["`where`", "(2, 3)"],
+    ),
+    "where_shape-softmax_focal_loss": (
+        lambda: jaxce.softmax_focal_loss(X, GOOD_T, where=jnp.ones((4,), bool)),
+        ValueError,
+        ["`where`", "(4,)"],
+    ),
+    "base-entropy": (
+        lambda: jaxce.entropy(X, base=-1.0),
+        ValueError,
+        ["`base`", "-1.0", "> 1"],
+    ),
+    "base-kl_divergence_with_logits": (
+        lambda: jaxce.kl_divergence_with_logits(X, X, base=1.0),
+        ValueError,
+        ["`base`", "1.0", "> 1"],
+    ),
+}
+for _name in ("cross_entropy", "nll_loss", "binary_cross_entropy",
+              "binary_cross_entropy_with_logits"):  # fmt: skip
+    _fn = getattr(jt, _name)
+    _a = (X, Y) if _name in ("cross_entropy", "nll_loss") else (P, GOOD_T)
+    TRACE_CASES[f"reduction-torch.{_name}"] = (
+        lambda f=_fn, a=_a: f(*a, reduction="avg"),
+        ValueError,
+        ["`reduction`", "'avg'", "'none', 'mean', 'sum'"],
+    )
+TRACE_CASES["weight_length-torch.cross_entropy"] = (
+    lambda: jt.cross_entropy(X, Y, weight=jnp.ones(4)),
+    ValueError,
+    ["`weight`", "(4,)", "expected", "(3,)"],
+)
+TRACE_PARAMS = [
+    _xfail_weight_name(k) if k == "weight_length-torch.cross_entropy" else k for k in TRACE_CASES
+]
+
+
+@pytest.mark.parametrize("case", TRACE_PARAMS)
+def test_all_losses_trace_time_error_names_argument_got_expected(case):
+    thunk, exc, pieces = TRACE_CASES[case]
+    with pytest.raises(exc) as info:
+        thunk()
+    for piece in pieces:
+        assert piece in str(info.value), (piece, str(info.value))
+    with pytest.raises(exc):  # the same error under jit (raised while tracing)
+        jax.jit(thunk)()
