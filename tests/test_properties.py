@@ -506,6 +506,10 @@ def _vjp_reference(
         Sabs = np.abs(wm).sum(-1, keepdims=True)
         g = wm - p * S
         bound = np.abs(S) * dp + 8.0 * u_c * (np.abs(wm) + p * (np.abs(S) + V * Sabs))
+        # An empty row (every kept logit -inf) is the constant -inf: derivative 0 (jaxce's
+        # documented limit, issue-5 bug 1).
+        empty = ~np.any(m & ~np.isneginf(inp.x), axis=-1, keepdims=True)
+        g = np.where(empty, 0.0, g)
         return np.where(m | np.isnan(p), g, 0.0), bound  # a NaN row is NaN, masked included
     pw = (p * wm).sum(-1, keepdims=True)
     pwa = (p * np.abs(wm)).sum(-1, keepdims=True)
