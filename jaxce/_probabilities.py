@@ -303,8 +303,8 @@ def categorical_cross_entropy(
     lab = jnp.asarray(labels)
     w = None
     if weights is not None:
+        check_nonnegative("weights", float_array("weights", weights))  # position in `weights`
         w = class_weights("weights", weights, shape, axes, p.dtype)
-        check_nonnegative("weights", w)
     check_probabilities("probs", p, mask)
     if jnp.issubdtype(lab.dtype, jnp.integer):
         batch_shape = tuple(d for a, d in enumerate(shape) if a not in axes)

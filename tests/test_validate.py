@@ -179,18 +179,6 @@ ONE = jnp.ones(())
 _IDX = "ignore_index_case"
 
 
-def _xfail_weight_name(case):
-    """jaxce.torch takes PyTorch's ``weight`` but its value errors name ``weights``."""
-    return pytest.param(
-        case,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="jaxce.torch passes `weight` on as the core loss's `weights`: the message "
-            "names `weights`, not the argument the caller used",
-        ),
-    )
-
-
 # id -> (fn, good args, bad args, argument, value, position, bad examples of the output)
 # fn(*args) returns per-example losses; the bad value sits in row 1 (element (1, 2) for
 # elementwise losses) or, for scalar options, affects every example (ALL).
@@ -502,18 +490,9 @@ VALUE_CASES: dict[str, tuple] = {
         "col1",
     ),
 }
-WRONG_NAME = {"torch.cross_entropy-weight", "torch.binary_cross_entropy_with_logits-weight"}
-VALUE_PARAMS = [_xfail_weight_name(k) if k in WRONG_NAME else k for k in VALUE_CASES]
-_BROADCAST_POSITION = "categorical_cross_entropy-weights"
-VALUE_PARAMS[list(VALUE_CASES).index(_BROADCAST_POSITION)] = pytest.param(
-    _BROADCAST_POSITION,
-    marks=pytest.mark.xfail(
-        strict=True,
-        reason="categorical_cross_entropy checks its per-class weights after broadcasting them "
-        "to the probs' shape: the message gives position (0, 1) of shape (3, 3), not (1,) of "
-        "the (3,) weights passed",
-    ),
-)
+# jaxce.torch checks `weight` under PyTorch's name; categorical_cross_entropy reports the
+# position in the weights passed (not after broadcasting). Both were strict xfails once.
+VALUE_PARAMS = list(VALUE_CASES)
 
 
 def test_every_loss_and_torch_function_has_value_checks():
@@ -574,7 +553,7 @@ def test_all_losses_under_jit_bad_value_is_nan_for_its_examples_only(case):
         assert np.all(np.isfinite(g[~gm])), g
 
 
-@pytest.mark.parametrize("case", [k for k in VALUE_CASES if k not in WRONG_NAME])
+@pytest.mark.parametrize("case", list(VALUE_CASES))
 def test_all_losses_checked_mode_reports_the_bad_value(case):
     fn, good, bad, arg, value, *_ = VALUE_CASES[case]
     checked = jax.jit(jaxce.checked(fn))
@@ -760,9 +739,7 @@ TRACE_CASES["weight_length-torch.cross_entropy"] = (
     ValueError,
     ["`weight`", "(4,)", "expected", "(3,)"],
 )
-TRACE_PARAMS = [
-    _xfail_weight_name(k) if k == "weight_length-torch.cross_entropy" else k for k in TRACE_CASES
-]
+TRACE_PARAMS = list(TRACE_CASES)
 
 
 @pytest.mark.parametrize("case", TRACE_PARAMS)

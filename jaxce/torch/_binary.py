@@ -5,8 +5,10 @@ from __future__ import annotations
 import jax
 from jax.typing import ArrayLike
 
+from jaxce._checks import float_array
 from jaxce._probabilities import binary_cross_entropy as _bce_probs
 from jaxce._sigmoid import sigmoid_binary_cross_entropy
+from jaxce._validate import check_nonnegative
 from jaxce.torch._reduction import check_reduction, reduce
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits"]
@@ -58,6 +60,9 @@ def binary_cross_entropy_with_logits(
     Array(0.3465736, dtype=float32)
     """
     check_reduction(reduction)
+    if weight is not None:
+        # Checked here under PyTorch's name (the core loss would report `weights`).
+        check_nonnegative("weight", float_array("weight", weight))
     loss = sigmoid_binary_cross_entropy(logits, labels, weights=weight, pos_weight=pos_weight)
     return reduce(loss, reduction)
 

@@ -140,6 +140,10 @@ def cross_entropy(
     check_reduction(reduction)
     x = float_array("logits", logits)
     axes = _class_axis(axis, x.ndim)
+    if weight is not None:
+        # Checked here under PyTorch's name (the core loss would report `weights`).
+        class_weights("weight", weight, tuple(x.shape), axes, x.dtype)
+        check_nonnegative("weight", float_array("weight", weight))
     lab = jnp.asarray(labels)
     if jnp.issubdtype(lab.dtype, jnp.floating):
         loss = softmax_cross_entropy(
