@@ -48,14 +48,38 @@ def _complement(
     masked classes, where ``row_parts`` keeps every intermediate finite or exactly ``-inf``).
     """
     parts = row_parts(x, where, axes)
+    zero, one = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
     dominant = parts.top & (parts.s1 < 1.0)  # S' < 1: a unique arg-max
     one_plus = 1.0 + parts.s1
     p = parts.e / one_plus
     q = jnp.where(dominant, parts.s1 / one_plus, 1.0 - p)
-    # log S' of a non-dominant row is never selected; keep it finite for the unselected branch.
-    s1 = jnp.where(dominant, parts.s1, jnp.ones((), x.dtype))
-    log_q = jnp.where(dominant, jnp.log(s1) - jnp.log1p(s1), jnp.log1p(-p))
+    # Double `where` on both branches, so that no derivative sees 0 * inf (Hessians): log S' only
+    # where S' is a normal number (a zero or flushed-subnormal S' gives log q = -inf, as the plain
+    # log does, but with derivative 0 instead of 0/0), and log1p(-p) only off the dominant class
+    # (whose p may be 1: derivative -1/(1 - p) = -inf in the unselected branch, NaN in reverse).
+    positive = dominant & (parts.s1 >= jnp.finfo(x.dtype).tiny)
+    s1 = jnp.where(positive, parts.s1, one)
+    log_dominant = jnp.where(positive, jnp.log(s1) - jnp.log1p(s1), -jnp.inf)
+    log_q = jnp.where(dominant, log_dominant, jnp.log1p(-jnp.where(dominant, zero, p)))
     return parts, dominant, p, q, log_q
+
+
+@jax.custom_jvp
+def _ratio(n: jax.Array, d: jax.Array) -> jax.Array:
+    """``n / d``, with the derivative written as ``(n_dot - (n / d) d_dot) / d``.
+
+    JAX's rule for division forms ``(-d_dot n) * d^-2``, whose ``d^-2`` overflows for a tiny
+    ``d`` (``1 - p = 1e-25`` in float32) while ``d_dot n`` underflows: ``0 * inf = NaN`` in the
+    Hessian. This form divides once and stays finite wherever the ratio and its derivative are.
+    """
+    return n / d
+
+
+@_ratio.defjvp
+def _ratio_jvp(primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]):
+    (n, d), (n_dot, d_dot) = primals, tangents
+    r = n / d
+    return r, (n_dot - r * d_dot) / d
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +200,10 @@ def _focal_pieces(x, a, gamma, where, axes):
     # (weighted) cross-entropy bit for bit.
     value = _soft_ce_pieces(x, eff, where, axes)[0]
     nlp = jnp.log1p(parts.s1) - parts.shifted
-    h = jnp.where(q == 0, one, nlp / jnp.where(q == 0, one, q))
+    # h is only used as p * h: where p = 0 (masked or -inf logit, nlp = +inf) or q = 0 the term is
+    # absent, so both operands are replaced first (double `where`: no inf / 1 in any derivative).
+    no_h = (q == 0) | (p == 0)
+    h = jnp.where(no_h, one, _ratio(jnp.where(no_h, one, nlp), jnp.where(no_h, one, q)))
     c = mod * (1.0 + gamma * safe_mul(p, h))
     ac = am * c
     total = row_sum(ac, axes, keepdims=True)

@@ -751,6 +751,85 @@ def test_focal_gradient_checks_and_hessian():
     np.testing.assert_allclose(float(gg), float(fd), rtol=1e-3)
 
 
+# Rows for the Hessian regression: logits of scale 3e4 (1 - p underflows to 0, the issue's
+# reproducer), a confident row with 1 - p = 1.8e-25 (1/(1 - p)^2 overflows float32), a -inf
+# logit with zero target, a where-masked class, and a row with a tie at the top.
+HESSIAN_ROWS = [
+    ([3771.9067, -3963.146, 19212.68, 3147.0034], [0.1, 0.4, 0.3, 0.2], [True] * 4),
+    ([-16070.081, 10847.852, 39120.0, 28412.43], [0.3, 0.1, 0.4, 0.2], [True] * 4),
+    ([60.0, 3.0, 0.0, -2.0], [1.0, 0.0, 0.0, 0.0], [True] * 4),
+    ([60.0, 3.0, 0.0, -2.0], [0.7, 0.1, 0.1, 0.1], [True] * 4),
+    ([-INF, 2.0, 0.0, 1.0], [0.0, 0.5, 0.25, 0.25], [True] * 4),
+    ([5.0, 0.0, 1.0, 40.0], [0.2, 0.3, 0.0, 0.5], [True, True, False, True]),
+    ([3.0, 3.0, -1.0, 0.5], [0.5, 0.5, 0.0, 0.0], [True] * 4),
+]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _hessian_program(kind, mode, x, t, w, alpha, param):
+    def total(a):
+        if kind == "poly":
+            return jnp.sum(jaxce.poly_loss_cross_entropy(a, t, epsilon=param, where=w))
+        if kind == "ce":
+            return jnp.sum(jaxce.softmax_cross_entropy(a, t, where=w, weights=alpha))
+        return jnp.sum(jaxce.softmax_focal_loss(a, t, gamma=param, alpha=alpha, where=w))
+
+    if mode == "fwd-over-rev":
+        return jax.hessian(total)(x)
+    return jax.jacrev(jax.jacrev(total))(x)
+
+
+def _hessian_inputs(dtype):
+    x = jnp.asarray([r[0] for r in HESSIAN_ROWS], dtype)
+    t = jnp.asarray([r[1] for r in HESSIAN_ROWS], dtype)
+    w = jnp.asarray([r[2] for r in HESSIAN_ROWS])
+    return x, t, w, jnp.asarray([0.25, 1.0, 2.0, 0.5], dtype)
+
+
+@pytest.mark.parametrize("mode", ["fwd-over-rev", "rev-over-rev"])
+@pytest.mark.parametrize(
+    ("kind", "param"),
+    [("focal", 0.0), ("focal", 0.5), ("focal", 1.0), ("focal", 2.0), ("poly", 2.0)],
+)
+def test_focal_and_poly_hessian_finite_at_large_logits_regression(kind, param, mode):
+    """Regression: jax.hessian of softmax_focal_loss was NaN in every entry at logits of scale
+    3e4. Its derivative rule took log S' of an underflowed S' = 0 (derivative 0/0), divided by
+    1 - p = 1.8e-25 with JAX's division rule (1/(1 - p)^2 = inf times an underflowed 0), and
+    met 0 * inf in unselected branches at masked and -inf classes (NaN under reverse mode)."""
+    x, t, w, alpha = _hessian_inputs(jnp.float32)
+    with jax.debug_nans(True):
+        h = _hessian_program(kind, mode, x, t, w, alpha if kind == "focal" else None, param)
+    assert np.all(np.isfinite(np.asarray(h)))
+    # Masked classes take no part: their rows and columns of the Hessian are exactly 0.
+    masked = ~np.asarray(w)
+    assert np.all(np.asarray(h)[masked] == 0)
+    assert np.all(np.asarray(h).transpose(2, 3, 0, 1)[masked] == 0)
+
+
+@pytest.mark.parametrize(("kind", "param"), [("focal", 0.5), ("focal", 2.0), ("poly", 2.0)])
+def test_focal_and_poly_hessian_at_large_logits_matches_float64(kind, param, x64):
+    """The finite float32 Hessian is the right one: it agrees with the float64 Hessian (where
+    1/(1 - p)^2 = 1e49 does not overflow), block by block, relative to the block's largest
+    entry."""
+    got, want = (
+        np.asarray(
+            _hessian_program(kind, "fwd-over-rev", *_hessian_inputs(dtype), param), np.float64
+        )
+        for dtype in (jnp.float32, jnp.float64)
+    )
+    for i in range(len(HESSIAN_ROWS)):
+        block, ref_block = got[i, :, i, :], want[i, :, i, :]
+        scale = np.max(np.abs(ref_block))
+        np.testing.assert_allclose(block, ref_block, rtol=0, atol=1e-5 * scale + 1e-37)
+
+
+def test_focal_gamma_zero_hessian_at_large_logits_is_the_weighted_cross_entropy_hessian():
+    x, t, w, alpha = _hessian_inputs(jnp.float32)
+    focal0 = _hessian_program("focal", "fwd-over-rev", x, t, w, alpha, 0.0)
+    ce = _hessian_program("ce", "fwd-over-rev", x, t, w, alpha, 0.0)
+    np.testing.assert_allclose(np.asarray(focal0), np.asarray(ce), rtol=1e-5, atol=1e-30)
+
+
 def test_focal_errors_and_value_checks():
     x = jnp.zeros((2, 3))
     t = jnp.full((2, 3), 1 / 3)
