@@ -328,7 +328,7 @@ def test_bad_arguments_name_themselves():
         nll_loss(x, jnp.array([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"`labels` holds 3 at position \(1,\)"):
         cross_entropy(x, jnp.array([0, 3]))
-    with pytest.raises(ValueError, match=r"`weights` holds -1\.0"):
+    with pytest.raises(ValueError, match=r"`weight` holds -1\.0"):  # PyTorch's name
         cross_entropy(x, jnp.array([0, 1]), weight=jnp.array([1.0, -1.0, 1.0]))
     with pytest.raises(ValueError, match=r"`weight` holds -1\.0"):
         nll_loss(x, jnp.array([0, 1]), weight=jnp.array([1.0, -1.0, 1.0]))
