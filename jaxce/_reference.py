@@ -1264,22 +1264,7 @@ def mp_softmax_focal_loss(
         a = [mp.mpf(float(al[k])) * mp.mpf(float(tr[k])) for k in range(V)]
         g_ = mp.mpf(gamma)
         eps = mp.mpf(epsilon)
-        value, grad, mag = _mp_focal_value_grad(xs, a, g_, eps, kind, mp)
-        kappa = mp.fsum(abs(xs[k] * grad[k]) for k in range(V) if grad[k] != 0)
-        kg = list(mag)
-        for k in range(V):
-            if xs[k] == -mp.inf or xs[k] == 0:
-                continue
-            h = abs(xs[k]) * mp.mpf(10) ** (-(dps // 3))
-            up = list(xs)
-            dn = list(xs)
-            up[k] += h
-            dn[k] -= h
-            gu = _mp_focal_value_grad(up, a, g_, eps, kind, mp)[1]
-            gd = _mp_focal_value_grad(dn, a, g_, eps, kind, mp)[1]
-            for j in range(V):
-                kg[j] += abs(xs[k] * (gu[j] - gd[j]) / (2 * h))
-        return Ref(value, grad, kappa, kg)
+        return _mp_focal_ref(_mp_focal_value_grad, xs, a, g_, eps, kind, mp, dps)
 
 
 def mp_poly_loss_cross_entropy(
@@ -1888,19 +1873,26 @@ def mp_softmax_focal_loss_linear(
         a = [mp.mpf(float(tr[k])) for k in range(V)]
         g_ = mp.mpf(gamma)
         eps = mp.mpf(epsilon)
-        value, grad, mag = _mp_focal_value_grad_linear(xs, a, g_, eps, kind, mp)
-        kappa = mp.fsum(abs(xs[k] * grad[k]) for k in range(V) if grad[k] != 0)
-        kg = list(mag)
-        for k in range(V):
-            if xs[k] == -mp.inf or xs[k] == 0:
-                continue
-            h = abs(xs[k]) * mp.mpf(10) ** (-(dps // 3))
-            up = list(xs)
-            dn = list(xs)
-            up[k] += h
-            dn[k] -= h
-            gu = _mp_focal_value_grad_linear(up, a, g_, eps, kind, mp)[1]
-            gd = _mp_focal_value_grad_linear(dn, a, g_, eps, kind, mp)[1]
-            for j in range(V):
-                kg[j] += abs(xs[k] * (gu[j] - gd[j]) / (2 * h))
-        return Ref(value, grad, kappa, kg)
+        return _mp_focal_ref(_mp_focal_value_grad_linear, xs, a, g_, eps, kind, mp, dps)
+
+
+def _mp_focal_ref(value_grad: Any, xs, a, g_, eps, kind: str, mp: Any, dps: int) -> Ref:
+    """Value, gradient and κ of a focal/poly row from ``value_grad``: the gradient's κ adds to
+    its magnitudes central differences of the exact gradient (step 10^-(dps/3) relative)."""
+    V = len(xs)
+    value, grad, mag = value_grad(xs, a, g_, eps, kind, mp)
+    kappa = mp.fsum(abs(xs[k] * grad[k]) for k in range(V) if grad[k] != 0)
+    kg = list(mag)
+    for k in range(V):
+        if xs[k] == -mp.inf or xs[k] == 0:
+            continue
+        h = abs(xs[k]) * mp.mpf(10) ** (-(dps // 3))
+        up = list(xs)
+        dn = list(xs)
+        up[k] += h
+        dn[k] -= h
+        gu = value_grad(up, a, g_, eps, kind, mp)[1]
+        gd = value_grad(dn, a, g_, eps, kind, mp)[1]
+        for j in range(V):
+            kg[j] += abs(xs[k] * (gu[j] - gd[j]) / (2 * h))
+    return Ref(value, grad, kappa, kg)
