@@ -183,8 +183,20 @@ def poly_loss_cross_entropy(
 # --------------------------------------------------------------------------------------------
 
 
-def _focal_pieces(x, a, gamma, where, axes):
+def _static_integer_part(gamma: object) -> int:
+    """The integer part of a ``gamma`` given as a Python number in [1, 8] (0 otherwise)."""
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        return 0
+    return int(gamma) if 1 <= gamma <= 8 else 0
+
+
+def _focal_pieces(x, a, gamma, where, axes, n=0):
     """Value, gradient wrt logits, wrt the weighted labels ``a`` and wrt ``gamma``.
+
+    ``n`` (static) is an integer part of ``gamma`` known at trace time (a Python ``gamma=2.0``):
+    the modulating factor is then ``q^n · exp((γ - n) log q)``, with ``q^n`` by exact
+    multiplications and the exponential exactly 1 at ``γ = n``; ``exp(γ log q)`` would add
+    ``γ·|log q|`` rounding errors of ``log q`` (4.2 ulps in float64 on the grid, bound 4).
 
     With ``c_k = q_k^γ (1 + γ p_k h_k)``, ``h_k = -log p_k / q_k`` (-> 1 as q_k -> 0):
     d/dx_j = p_j Σ_k a_k c_k - a_j c_j, written for the dominant class as
@@ -194,7 +206,10 @@ def _focal_pieces(x, a, gamma, where, axes):
     parts, dominant, p, q, log_q = _complement(x, where, axes)
     zero, one = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
     am = a if where is None else jnp.where(where, a, zero)
-    mod = jnp.exp(safe_mul(gamma, log_q))  # (1 - p)^γ; exactly 1 for γ = 0 (0·(-inf) = 0)
+    # (1 - p)^γ; exactly 1 for γ = 0 (0·(-inf) = 0)
+    mod = jnp.exp(safe_mul(gamma - n, log_q))
+    if n:
+        mod = jax.lax.integer_pow(q, n) * mod
     eff = am * mod
     # The value is the soft-label core with labels a_k (1 - p_k)^γ: for γ = 0 it is the
     # (weighted) cross-entropy bit for bit.
@@ -217,16 +232,16 @@ def _focal_pieces(x, a, gamma, where, axes):
     return value, grad_x, grad_a, grad_gamma
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _focal(x, a, gamma, where, axes):
-    return _focal_pieces(x, a, gamma, where, axes)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _focal(x, a, gamma, where, axes, n):
+    return _focal_pieces(x, a, gamma, where, axes, n)[0]
 
 
 @functools.partial(_focal.defjvp, symbolic_zeros=True)
-def _focal_jvp(axes, primals, tangents):
+def _focal_jvp(axes, n, primals, tangents):
     x, a, gamma, where = primals
     x_dot, a_dot, gamma_dot, _ = tangents
-    value, grad_x, grad_a, grad_gamma = _focal_pieces(x, a, gamma, where, axes)
+    value, grad_x, grad_a, grad_gamma = _focal_pieces(x, a, gamma, where, axes, n)
     tangent = jnp.zeros_like(value)
     if not isinstance(x_dot, SymbolicZero):
         tangent = tangent + jnp.sum(grad_x * x_dot, axis=axes)
@@ -237,12 +252,12 @@ def _focal_jvp(axes, primals, tangents):
     return value, tangent
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6))
-def _focal_core(x, t, alpha, gamma, mask, axes, check_targets):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7))
+def _focal_core(x, t, alpha, gamma, mask, axes, check_targets, n=0):
     if check_targets:
         t = nan_where(outside_unit_interval(t), t)
     a = t if alpha is None else nan_where(negative(alpha), alpha) * t
-    return _focal(x, a, gamma, mask, axes)
+    return _focal(x, a, gamma, mask, axes, n)
 
 
 def softmax_focal_loss(
@@ -322,4 +337,4 @@ def softmax_focal_loss(
             a = class_weights("alpha", raw, tuple(x.shape), axes, x.dtype)
         check_nonnegative("alpha", raw)
     check_probabilities("labels", t, mask)
-    return _focal_core(x, t, a, g, mask, axes, targets_checked())
+    return _focal_core(x, t, a, g, mask, axes, targets_checked(), _static_integer_part(gamma))

@@ -394,10 +394,20 @@ def shift_by_max(xm: jax.Array, m: jax.Array, *, again: bool = False) -> jax.Arr
     exponential on every backend measured (``benchmarks/README.md``).
     """
     zero = jnp.zeros((), xm.dtype)
+    neg_inf = jnp.array(-jnp.inf, xm.dtype)
     m_shift = jnp.where(jnp.isfinite(m), m, zero)
-    inf_row = jnp.where(xm == jnp.inf, zero, jnp.array(-jnp.inf, xm.dtype))
     shifted = -(m_shift - xm) if again else xm - m_shift
-    return jnp.where(m == jnp.inf, inf_row, shifted)
+    # The arg-max gets its exact 0 from a comparison, not from the subtraction: when ``xm`` is
+    # a product fused into this pass (``x * 0.4``, a temperature), XLA:CPU may contract
+    # ``x * c - m`` into one FMA, which gives the product's rounding error (5.96e-5 for
+    # ``4000``) instead of 0, while the comparison sees the same rounded product as the max
+    # did. The 0 is ``s - stop_gradient(s)`` so that it keeps the derivative of ``x - m``
+    # (nonzero for tied maxima, whose tangent ``jnp.max`` spreads: Hessians need it). An empty
+    # row's "arg-max" entries stay -inf; a +inf row's finite entries are -inf.
+    s_fin = jnp.where(jnp.isfinite(shifted), shifted, zero)
+    top = jnp.where(m == -jnp.inf, neg_inf, s_fin - jax.lax.stop_gradient(s_fin))
+    rest = jnp.where(m == jnp.inf, neg_inf, shifted)
+    return jnp.where(xm == m, top, rest)
 
 
 def recompute_exp() -> bool:
@@ -480,9 +490,11 @@ def row_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> R
     # +inf row is set directly (its +inf entries to 0, the rest to -inf). Elsewhere the shift
     # is x - m, exact at the arg-max.
     m_shift = jnp.where(jnp.isinf(m), zero, m)
-    shifted = jnp.where(
-        m == jnp.inf, jnp.where(top, zero, jnp.array(-jnp.inf, x.dtype)), xm - m_shift
-    )
+    d = xm - m_shift
+    # Exactly 0 at the arg-max even when XLA contracts a fused ``x * c - m`` into an FMA (see
+    # :func:`shift_by_max`), keeping the derivative of ``x - m`` (ties need it for Hessians).
+    d = jnp.where(top, d - jax.lax.stop_gradient(d), d)
+    shifted = jnp.where(m == jnp.inf, jnp.where(top, zero, jnp.array(-jnp.inf, x.dtype)), d)
     e = jnp.exp(shifted)
     n_top = jnp.sum(top, axis=axes, keepdims=True, dtype=x.dtype)  # exact: integers
     s1 = row_sum(jnp.where(top, jnp.zeros((), x.dtype), e), axes, keepdims=True)
