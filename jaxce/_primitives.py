@@ -401,13 +401,26 @@ def shift_by_max(xm: jax.Array, m: jax.Array, *, again: bool = False) -> jax.Arr
     # a product fused into this pass (``x * 0.4``, a temperature), XLA:CPU may contract
     # ``x * c - m`` into one FMA, which gives the product's rounding error (5.96e-5 for
     # ``4000``) instead of 0, while the comparison sees the same rounded product as the max
-    # did. The 0 is ``s - stop_gradient(s)`` so that it keeps the derivative of ``x - m``
-    # (nonzero for tied maxima, whose tangent ``jnp.max`` spreads: Hessians need it). An empty
-    # row's "arg-max" entries stay -inf; a +inf row's finite entries are -inf.
-    s_fin = jnp.where(jnp.isfinite(shifted), shifted, zero)
-    top = jnp.where(m == -jnp.inf, neg_inf, s_fin - jax.lax.stop_gradient(s_fin))
+    # did. The 0 carries the derivative of ``x - m`` (:func:`zero_with_tangent`; nonzero for
+    # tied maxima, whose tangent ``jnp.max`` spreads: Hessians need it). An empty row's
+    # "arg-max" entries stay -inf; a +inf row's finite entries are -inf.
+    top = jnp.where(m == -jnp.inf, neg_inf, zero_with_tangent(shifted))
     rest = jnp.where(m == jnp.inf, neg_inf, shifted)
     return jnp.where(xm == m, top, rest)
+
+
+@jax.custom_jvp
+def zero_with_tangent(a: jax.Array) -> jax.Array:
+    """Zeros shaped like ``a`` whose tangent is ``a``'s: ``a - stop_gradient(a)`` at no cost.
+
+    (``a - stop_gradient(a)`` would compute the subtraction, and give NaN for infinite ``a``.)
+    """
+    return jnp.zeros_like(a)
+
+
+@zero_with_tangent.defjvp
+def _zero_with_tangent_jvp(primals, tangents):
+    return jnp.zeros_like(primals[0]), tangents[0]
 
 
 def recompute_exp() -> bool:
@@ -493,7 +506,7 @@ def row_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> R
     d = xm - m_shift
     # Exactly 0 at the arg-max even when XLA contracts a fused ``x * c - m`` into an FMA (see
     # :func:`shift_by_max`), keeping the derivative of ``x - m`` (ties need it for Hessians).
-    d = jnp.where(top, d - jax.lax.stop_gradient(d), d)
+    d = jnp.where(top, zero_with_tangent(d), d)
     shifted = jnp.where(m == jnp.inf, jnp.where(top, zero, jnp.array(-jnp.inf, x.dtype)), d)
     e = jnp.exp(shifted)
     n_top = jnp.sum(top, axis=axes, keepdims=True, dtype=x.dtype)  # exact: integers
