@@ -458,12 +458,36 @@ def test_two_class_dominant_rows_float64_gradients(name, x64):
     assert _errors(g, r.grad, r.kappa_grad, "float64").max() <= 8.0
 
 
+def test_js_reference_value_of_a_tiny_divergence(x64):
+    """Two nearly equal two-class rows with a 100-nat gap: JS = 4.7e-54 from terms of 1e-48.
+    The mpmath reference once summed ``p·log(p/m)`` with ``log(p/m) = log 2 - eps`` at 60
+    digits and was 8e-9 off (7 "ulps" blamed on jaxce); it now sums the Bregman terms. Checked
+    against the definition at 120 digits, and jaxce against the reference."""
+    mp = pytest.importorskip("mpmath")
+    a64 = np.array([99.52357025614019, -0.8191201803277345])
+    b64 = np.array([99.52415017106367, -0.8185778360729198])
+    r = ref.mp_jensen_shannon_divergence(a64, b64)
+    with mp.workdps(120):
+        a, b = [mp.mpf(float(v)) for v in a64], [mp.mpf(float(v)) for v in b64]
+        za, zb = mp.fsum(mp.exp(v) for v in a), mp.fsum(mp.exp(v) for v in b)
+        p, q = [mp.exp(v) / za for v in a], [mp.exp(v) / zb for v in b]
+        m = [(pk + qk) / 2 for pk, qk in zip(p, q, strict=True)]
+        js = sum(p[k] * mp.log(p[k] / m[k]) + q[k] * mp.log(q[k] / m[k]) for k in range(2)) / 2
+        assert abs(r.value - js) <= mp.mpf(10) ** -40 * js
+    v = JS(jnp.asarray(a64), jnp.asarray(b64))
+    assert _errors(v, r.value, r.kappa, "float64").max() <= 4.0
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", ["entropy", *PAIR_FNS])
 def test_accuracy_grid(name, dtype, request, x64):
     """Value <= 4 and gradient <= 8 condition-scaled ulps on the hard grid (V <= 100 by default,
     up to 10^4 with --run-slow, where V > 1000 rows allow 16 / 32 as for the losses)."""
     slow = request.config.getoption("--run-slow")
+    if dtype == "float64" and name in PAIR_FNS and not slow:
+        # ~70 s of mpmath; the default run keeps the two float64 rows that once failed
+        # (test_two_class_dominant_rows_float64_gradients, test_js_reference_value_...).
+        pytest.skip("long run: pass --run-slow")
     worst = _grid_check(name, dtype, slow)
     vb, gb = bounds(10_000 if slow else 1000)
     print(

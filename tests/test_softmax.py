@@ -230,6 +230,7 @@ def test_matches_optax_on_ordinary_inputs(scale):
         np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # second derivatives: tests/test_common.py and test_hessian_* in the default run
 @pytest.mark.usefixtures("x64")
 def test_check_grads_order_2_both_arguments():
     rng = np.random.default_rng(6)
