@@ -197,8 +197,9 @@ def _bce_terms(t: jax.Array, sp_pos: jax.Array, sp_neg: jax.Array) -> jax.Array:
 @jax.custom_jvp
 def _bce(x: jax.Array, t: jax.Array) -> jax.Array:
     """``(1 - t)·softplus(x) + t·softplus(-x)``: one ``exp``, one ``log1p`` and one division per
-    element for value and gradient (the two softplus and two sigmoids share ``exp(-|x|)``),
-    the same bits as the four separate calls, which XLA:CPU does not merge (1.2× optax)."""
+    element for value and gradient (the two softplus and two sigmoids share ``exp(-|x|)``).
+    The four separate calls it replaces, which XLA:CPU did not merge, took 1.2× optax's time;
+    values agree with them to 1 ulp (XLA contracts the two forms differently)."""
     return _bce_terms(t, *softplus_pair(x))
 
 
