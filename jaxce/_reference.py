@@ -1185,6 +1185,34 @@ def condition_scaled_error(
 # ----------------------------------------------------------------------------------------------
 
 
+def _mp_focal_terms(
+    s: dict[int, Any], a: list[Any], gamma: Any, eps: Any, kind: str, V: int, mp: Any
+) -> tuple[list[Any], list[Any], Any, list[Any]]:
+    """``(p, q, value, c)`` of the focal loss / PolyLoss from ``s[k] = Σ_{j≠k}
+    e^{x_j - x_k}`` for the live classes (``-log p_k = log1p(s_k)``, ``q_k = s_k/(1 + s_k)``);
+    ``c_k = q_k^γ (1 + γ p_k (-log p_k)/q_k)`` is the focal gradient's factor (0 for poly)."""
+    nlp = [mp.inf] * V
+    p = [mp.mpf(0)] * V
+    q = [mp.mpf(1)] * V
+    for k, sk in s.items():
+        nlp[k] = mp.log1p(sk)
+        p[k] = 1 / (1 + sk)
+        q[k] = sk / (1 + sk)
+    value = mp.mpf(0)
+    c = [mp.mpf(0)] * V
+    for k in s:
+        if a[k] == 0:
+            continue
+        if kind == "focal":
+            mod = q[k] ** gamma if gamma != 0 else mp.mpf(1)
+            value += a[k] * mod * nlp[k]
+            h = nlp[k] / q[k] if q[k] != 0 else mp.mpf(1)
+            c[k] = mod * (1 + gamma * p[k] * h)
+        else:
+            value += a[k] * (nlp[k] + eps * q[k])
+    return p, q, value, c
+
+
 def _mp_focal_value_grad(
     x: list[Any], a: list[Any], gamma: Any, eps: Any, kind: str, mp: Any
 ) -> tuple[Any, list[Any], list[Any]]:
@@ -1197,26 +1225,8 @@ def _mp_focal_value_grad(
     V = len(x)
     live = [k for k in range(V) if x[k] != -mp.inf]
     e = {k: {j: mp.exp(x[j] - x[k]) for j in live if j != k} for k in live}
-    nlp = [mp.inf] * V
-    p = [mp.mpf(0)] * V
-    q = [mp.mpf(1)] * V
-    for k in live:
-        s = mp.fsum(e[k].values())
-        nlp[k] = mp.log1p(s)
-        p[k] = 1 / (1 + s)
-        q[k] = s / (1 + s)
-    value = mp.mpf(0)
-    c = [mp.mpf(0)] * V
-    for k in live:
-        if a[k] == 0:
-            continue
-        if kind == "focal":
-            mod = q[k] ** gamma if gamma != 0 else mp.mpf(1)
-            value += a[k] * mod * nlp[k]
-            h = nlp[k] / q[k] if q[k] != 0 else mp.mpf(1)
-            c[k] = mod * (1 + gamma * p[k] * h)
-        else:
-            value += a[k] * (nlp[k] + eps * q[k])
+    others = {k: mp.fsum(e[k].values()) for k in live}
+    p, q, value, c = _mp_focal_terms(others, a, gamma, eps, kind, V, mp)
     A = mp.fsum(a[k] * c[k] for k in live)
     grad = [mp.mpf(0)] * V
     mag = [mp.mpf(0)] * V
@@ -1839,26 +1849,8 @@ def _mp_focal_value_grad_linear(
     m = max(x[k] for k in live)
     E = [mp.exp(x[k] - m) if k in live else mp.mpf(0) for k in range(V)]
     others = _mp_exclusive_sums(E, mp)
-    nlp = [mp.inf] * V
-    p = [mp.mpf(0)] * V
-    q = [mp.mpf(1)] * V
-    for k in live:
-        s = others[k] / E[k]
-        nlp[k] = mp.log1p(s)
-        p[k] = 1 / (1 + s)
-        q[k] = s / (1 + s)
-    value = mp.mpf(0)
-    c = [mp.mpf(0)] * V
-    for k in live:
-        if a[k] == 0:
-            continue
-        if kind == "focal":
-            mod = q[k] ** gamma if gamma != 0 else mp.mpf(1)
-            value += a[k] * mod * nlp[k]
-            h = nlp[k] / q[k] if q[k] != 0 else mp.mpf(1)
-            c[k] = mod * (1 + gamma * p[k] * h)
-        else:
-            value += a[k] * (nlp[k] + eps * q[k])
+    ratios = {k: others[k] / E[k] for k in live}
+    p, q, value, c = _mp_focal_terms(ratios, a, gamma, eps, kind, V, mp)
     grad = [mp.mpf(0)] * V
     mag = [mp.mpf(0)] * V
     if kind == "focal":
