@@ -157,7 +157,12 @@ def _kl_log_targets_core(
     check_targets: bool = True,
 ) -> jax.Array:
     if check_targets:
-        lt = nan_where(~(lt <= 0), lt)  # not a log-probability: NaN for that example
+        # A log-target above 0 (or +inf) makes its example NaN, value and gradient. Checked on
+        # the row's maximum (a plain reduction): a select on every element inside the sum's
+        # input made the loss 1.2x slower on CPU. A NaN log-target is NaN through its term.
+        kept = lt if mask is None else jnp.where(mask, lt, -jnp.inf)
+        top = jnp.max(kept, axis=axes, keepdims=True, initial=-jnp.inf)
+        lt = lt + jnp.where(top <= 0, jnp.zeros((), lt.dtype), jnp.nan)
     # lt = lp = -inf: an absent class, not inf - inf (NaN stays NaN: safe_mul keeps 0 * NaN).
     both = jnp.isneginf(lt) & jnp.isneginf(lp)
     diff = jnp.where(both, jnp.zeros((), lt.dtype), lt - lp)
@@ -175,6 +180,12 @@ def _exp_times(lt: jax.Array, d: jax.Array) -> jax.Array:
     (so none overflows, and one that underflows leaves a final value that underflows too).
     ``d = ±inf`` gives ``±inf``. Plain ``jnp`` on both sides of the ``where`` (double-``where``
     safe), so derivatives of any order are finite where the value is.
+
+    The case is decided on the computed ``exp(lt)``, not on a threshold for ``lt``: with
+    ``d = ±inf`` the scaled branch has derivative 0, exact only where ``exp(lt)`` is itself
+    below the normal range. (Deciding on ``lt < log(tiny) + 1`` to share one exponential
+    between the branches gave a zero gradient for ``lt = -87.26``, where ``-exp(lt)`` is
+    normal.)
     """
     zero = jnp.zeros((), lt.dtype)
     w = jnp.exp(lt)
