@@ -163,10 +163,39 @@ def _kl_log_targets_core(
         kept = lt if mask is None else jnp.where(mask, lt, -jnp.inf)
         top = jnp.max(kept, axis=axes, keepdims=True, initial=-jnp.inf)
         lt = lt + jnp.where(top <= 0, jnp.zeros((), lt.dtype), jnp.nan)
-    # lt = lp = -inf: an absent class, not inf - inf (NaN stays NaN: safe_mul keeps 0 * NaN).
+    return _masked_sum(_kl_log_term(lt, lp), axes, mask)
+
+
+def _log_difference(lt: jax.Array, lp: jax.Array) -> jax.Array:
+    """``lt - lp``, with ``lt = lp = -inf`` (an absent class) giving 0, not ``inf - inf``."""
     both = jnp.isneginf(lt) & jnp.isneginf(lp)
-    diff = jnp.where(both, jnp.zeros((), lt.dtype), lt - lp)
-    return _masked_sum(_exp_times(lt, diff), axes, mask)
+    return jnp.where(both, jnp.zeros((), lt.dtype), lt - lp)
+
+
+@jax.custom_jvp
+def _kl_log_term(lt: jax.Array, lp: jax.Array) -> jax.Array:
+    """``exp(lt)·(lt - lp)`` per class, with the conventions of :func:`_exp_times`.
+
+    Its derivative rule, ``exp(lt)·(lt - lp + 1)·dlt - exp(lt)·dlp``, is explicit: JAX's own
+    derivative of the ``where`` chains kept ``exp(lt)`` and the case masks as arrays in
+    memory, shared between the sum and the gradient (2.5x optax's time on CPU). Each
+    coefficient is recomputed from the inputs in the pass that needs it (the optimization
+    barrier keeps XLA from merging it with the value's exponential).
+    """
+    return _exp_times(lt, _log_difference(lt, lp))
+
+
+@_kl_log_term.defjvp
+def _kl_log_term_jvp(primals, tangents):
+    lt, lp = primals
+    lt_dot, lp_dot = tangents
+    term = _kl_log_term(lt, lp)
+    lt_g, lp_g = jax.lax.optimization_barrier((lt, lp))
+    # d/dlt: exp(lt)·(d + 1), in the form of the value (also where exp(lt) underflows, +inf
+    # where lp = -inf); d/dlp: -exp(lt), 0 for an absent class (and where it underflows).
+    c_lt = _exp_times(lt_g, _log_difference(lt_g, lp_g) + 1.0)
+    c_lp = jnp.exp(lt_g)
+    return term, c_lt * lt_dot - c_lp * lp_dot
 
 
 def _exp_times(lt: jax.Array, d: jax.Array) -> jax.Array:
@@ -178,26 +207,23 @@ def _exp_times(lt: jax.Array, d: jax.Array) -> jax.Array:
     ``exp(lt)·d`` is formed as ``(((a·d)·a)·a)·a`` with ``a = exp(lt/4)`` (``lt/4`` is exact):
     every factor is normal for ``lt >= 4·log(tiny)`` and every partial product is at most ``d``
     (so none overflows, and one that underflows leaves a final value that underflows too).
-    ``d = ±inf`` gives ``±inf``. Plain ``jnp`` on both sides of the ``where`` (double-``where``
-    safe), so derivatives of any order are finite where the value is.
-
-    The case is decided on the computed ``exp(lt)``, not on a threshold for ``lt``: with
-    ``d = ±inf`` the scaled branch has derivative 0, exact only where ``exp(lt)`` is itself
-    below the normal range. (Deciding on ``lt < log(tiny) + 1`` to share one exponential
-    between the branches gave a zero gradient for ``lt = -87.26``, where ``-exp(lt)`` is
-    normal.)
+    ``d = ±inf`` gives ``±inf``. The case is decided on ``lt``, so that one exponential serves
+    both: below ``log(tiny)·(1 - 2^-8)``, a margin (0.34 in float32) that keeps ``exp(lt)``
+    normal above it despite the exponential's rounding. Plain ``jnp`` on both sides of the
+    ``where`` (double-``where`` safe), so derivatives of any order are finite where the value
+    is; with ``d = ±inf`` the scaled branch has derivative 0 (exact below the normal range,
+    0 instead of about ``1e-38`` in the margin).
     """
     zero = jnp.zeros((), lt.dtype)
-    w = jnp.exp(lt)
-    tiny = jnp.finfo(lt.dtype).tiny
-    small = (w < tiny) & (lt > -jnp.inf)  # a finite log target whose exp is not normal
+    log_tiny = math.log(float(jnp.finfo(lt.dtype).tiny)) * (1.0 - 2.0**-8)
+    small = (lt < log_tiny) & (lt > -jnp.inf)
+    e = jnp.exp(jnp.where(small, 0.25 * lt, lt))  # exp(lt/4) where small, else exp(lt)
     d_inf = jnp.isinf(d)
-    a = jnp.exp(jnp.where(small, lt, zero) * 0.25)
+    a = jnp.where(small, e, zero)
     d_safe = jnp.where(small & ~d_inf, d, zero)
     scaled = (((a * d_safe) * a) * a) * a
-    # +-inf, with derivative 0: the exact derivative wrt lp, -exp(lt), is below the normal range.
     scaled = jnp.where(d_inf, jax.lax.stop_gradient(d), scaled)
-    return jnp.where(small, scaled, safe_mul(jnp.where(small, zero, w), d))
+    return jnp.where(small, scaled, safe_mul(jnp.where(small, zero, e), d))
 
 
 # --------------------------------------------------------------------------------------------

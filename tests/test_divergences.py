@@ -263,6 +263,41 @@ def test_log_targets_underflowing_target_representable_product():
     assert all(np.all(np.isfinite(x)) for x in g)
 
 
+@pytest.mark.parametrize("lt0", [-87.26, -87.0, -86.9, -80.0])
+def test_log_targets_gradient_near_the_underflow_margin(lt0):
+    """Just above float32's log(tiny) = -87.34 the value takes the scaled branch (a margin of
+    0.34 decided on lt, one exponential), but the gradient comes from the explicit rule:
+    wrt lp it is -e^lt, normal there, also when lp = -inf (a threshold of log(tiny) + 1 on
+    the value's own derivative gave 0 at lt = -87.26, found by the accuracy grid)."""
+    lt = jnp.asarray([lt0, math.log1p(-math.exp(lt0))], jnp.float32)
+    for lp0 in (-INF, -3.0):
+        lp = jnp.asarray([lp0, -0.1], jnp.float32)
+        g_lp, g_lt = jax.grad(jaxce.kl_divergence_with_log_targets, argnums=(0, 1))(lp, lt)
+        w = math.exp(float(lt[0]))
+        assert w >= float(jnp.finfo(jnp.float32).tiny)
+        np.testing.assert_allclose(float(g_lp[0]), -w, rtol=4 * 2.0**-23)
+        if lp0 == -INF:
+            assert float(g_lt[0]) == INF  # e^lt (lt - lp + 1) with lp = -inf
+        else:
+            exact = w * (float(lt[0]) - lp0 + 1.0)
+            np.testing.assert_allclose(float(g_lt[0]), exact, rtol=8 * 2.0**-23)
+
+
+def test_log_targets_value_and_gradient_do_not_store_intermediates():
+    """The explicit derivative rule recomputes e^lt in the gradient pass: compiled temp
+    memory is the reduction's partial sums only, below one [B, V] float32 array (JAX's
+    derivative of the where-chains stored e^lt and two masks: 112 MiB at 512 x 32768)."""
+    shape = (64, 4096)
+    lp = jax.nn.log_softmax(jnp.linspace(-3.0, 3.0, shape[0] * shape[1]).reshape(shape))
+    f = jax.jit(
+        jax.value_and_grad(
+            lambda a, b: jaxce.kl_divergence_with_log_targets(a, b).sum(), argnums=(0, 1)
+        )
+    )
+    temp = f.lower(lp, lp[::-1]).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 4 * shape[0] * shape[1], temp
+
+
 def test_references_nan_log_prediction_under_zero_target():
     """The KL references follow jaxce's NaN policy: a NaN log-prediction under a zero target
     (or a -inf log target) makes the value NaN; the gradient wrt lp stays -t."""
