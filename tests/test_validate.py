@@ -523,22 +523,7 @@ def test_all_losses_eager_bad_value_raises_naming_argument_value_position(case):
         fn(*bad)
 
 
-JIT_PARAMS = [
-    pytest.param(
-        k,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="torch.nll_loss: an out-of-range label under jit gives a NaN loss but a zero "
-            "gradient for its example (policy of jaxce/_validate.py: NaN loss and gradient)",
-        ),
-    )
-    if k == "torch.nll_loss-labels"
-    else k
-    for k in VALUE_CASES
-]
-
-
-@pytest.mark.parametrize("case", JIT_PARAMS)
+@pytest.mark.parametrize("case", list(VALUE_CASES))
 def test_all_losses_under_jit_bad_value_is_nan_for_its_examples_only(case):
     fn, good, bad, *_, where_bad = VALUE_CASES[case]
     jfn = jax.jit(fn)

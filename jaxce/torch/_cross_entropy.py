@@ -182,9 +182,13 @@ def _nll_core(
     yy = y[..., None]
     is_y = lax.broadcasted_iota(y.dtype, xl.shape, xl.ndim - 1) == yy
     valid = ((y >= 0) & (y < num_classes)) | ignored
-    # The target log-probability without a gather (a masked sum); a NaN for a bad label.
-    lp_y = jnp.sum(jnp.where(is_y, xl, zero), axis=-1)
-    lp_y = jnp.where(valid, lp_y, jnp.array(jnp.nan, x.dtype))
+    # The target log-probability without a gather (a masked sum). A bad label makes its row
+    # NaN in value and gradient: the row enters as x * NaN, whose tangent is NaN too (a NaN
+    # put in after the sum would leave a zero gradient under jit). Double where: a valid row
+    # never meets the NaN factor, not even as a zero cotangent.
+    row_ok = valid[..., None]
+    other = jnp.where(row_ok, zero, jnp.where(row_ok, zero, xl) * jnp.array(jnp.nan, x.dtype))
+    lp_y = jnp.sum(jnp.where(is_y, xl, other), axis=-1)
     if w is not None:
         w = nan_where(negative(w), w)
         w_y = jnp.sum(jnp.where(is_y, w, zero), axis=-1)
