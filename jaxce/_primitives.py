@@ -352,24 +352,21 @@ def _pair_value(
     return _pairs_value((a,), axes, keepdims, lanes)[0]
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def row_sum_pairs(
-    arrays: tuple[jax.Array, ...],
-    axes: tuple[int, ...],
-    keepdims: bool = False,
-    lanes: int = FIRST_LANES,
+    arrays: tuple[jax.Array, ...], axes: tuple[int, ...], keepdims: bool = False
 ) -> tuple[tuple[jax.Array, jax.Array], ...]:
     """:func:`row_sum_pair` of several same-shaped arrays in one reduction (a single pass).
 
     Returns one ``(s, c)`` pair per array; derivative ``(sum of tangents, 0)`` for each.
     """
-    return _pairs_value(tuple(arrays), axes, keepdims, lanes)
+    return _pairs_value(tuple(arrays), axes, keepdims, FIRST_LANES)
 
 
 @row_sum_pairs.defjvp
-def _row_sum_pairs_jvp(axes: tuple[int, ...], keepdims: bool, lanes: int, primals, tangents):
+def _row_sum_pairs_jvp(axes: tuple[int, ...], keepdims: bool, primals, tangents):
     (arrays,), (dots,) = primals, tangents
-    pairs = row_sum_pairs(arrays, axes, keepdims, lanes)
+    pairs = row_sum_pairs(arrays, axes, keepdims)
     out_dots = tuple(
         (jnp.sum(d, axis=axes, keepdims=keepdims), jnp.zeros_like(c))
         for d, (_, c) in zip(dots, pairs, strict=True)
@@ -405,10 +402,8 @@ def _row_sum_pair_jvp(axes: tuple[int, ...], keepdims: bool, lanes: int, primals
     return (s, c), (jnp.sum(a_dot, axis=axes, keepdims=keepdims), jnp.zeros_like(c))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
-def row_sum(
-    a: jax.Array, axes: tuple[int, ...], keepdims: bool = False, lanes: int = FIRST_LANES
-) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def row_sum(a: jax.Array, axes: tuple[int, ...], keepdims: bool = False) -> jax.Array:
     """Compensated sum over the class axes: the exact sum rounded once, up to ``O(u^2)``.
 
     A plain reduction's error depends on the order the backend picks, which is not ours to
@@ -423,15 +418,15 @@ def row_sum(
     Used for every sum that forms a value (the label total ``T``, ``S'``, the losses' sums);
     derivatives are plain sums (the tangent of a sum is the sum of the tangents).
     """
-    s, c = _pair_value(a, axes, keepdims, lanes)
+    s, c = _pair_value(a, axes, keepdims, FIRST_LANES)
     # A non-finite sum (an inf or NaN term) stays as it is: its error terms are NaN.
     return jnp.where(jnp.isfinite(s), s + c, s)
 
 
 @row_sum.defjvp
-def _row_sum_jvp(axes: tuple[int, ...], keepdims: bool, lanes: int, primals, tangents):
+def _row_sum_jvp(axes: tuple[int, ...], keepdims: bool, primals, tangents):
     (a,), (a_dot,) = primals, tangents
-    return row_sum(a, axes, keepdims, lanes), jnp.sum(a_dot, axis=axes, keepdims=keepdims)
+    return row_sum(a, axes, keepdims), jnp.sum(a_dot, axis=axes, keepdims=keepdims)
 
 
 def shift_by_max(xm: jax.Array, m: jax.Array, *, again: bool = False) -> jax.Array:
