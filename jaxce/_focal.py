@@ -183,20 +183,41 @@ def poly_loss_cross_entropy(
 # --------------------------------------------------------------------------------------------
 
 
-def _static_integer_part(gamma: object) -> int:
-    """The integer part of a ``gamma`` given as a Python number in [1, 8] (0 otherwise)."""
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        return 0
-    return int(gamma) if 1 <= gamma <= 8 else 0
+# The modulating factor splits off an integer power: q^n · exp((γ - n) log q), n = floor(γ) up
+# to this bound (a larger γ keeps n = 8 and exponentiates the rest).
+_MAX_POWER = 8
 
 
-def _focal_pieces(x, a, gamma, where, axes, n=0):
+def _modulating_factor(q: jax.Array, log_q: jax.Array, gamma: jax.Array) -> jax.Array:
+    """``(1 - p)^γ`` as ``q^n · exp((γ - n) log q)`` with ``n = min(floor(γ), 8)``.
+
+    ``q^n`` is a few multiplications, one rounding each (binary powers of ``q`` picked by
+    ``n``'s bits; ``q·q`` for ``γ = 2``), and the exponential is exactly 1 when ``γ`` is an
+    integer: ``exp(γ log q)`` alone would add ``γ`` times the rounding error of ``log q`` and
+    the exponential's own (on one float64 grid row, with XLA:CPU's ``log1p``, 4.22 ulps
+    instead of 2.74 for ``γ = 2``). ``n`` is computed
+    from ``γ`` in the program, so a traced ``γ`` (under ``jit``) gets the same numbers as a
+    Python float. A NaN ``γ`` gives NaN (through the exponential); ``q^0 = 1``, also at
+    ``q = 0``, and ``0·log 0 = 0`` in the exponent (:func:`safe_mul`), so ``γ = 0`` gives 1.
+    """
+    n = jnp.clip(jnp.floor(gamma), 0.0, float(_MAX_POWER))
+    power = jnp.ones_like(q)
+    rest = n
+    square = q
+    squares = [q]
+    for _ in range(_MAX_POWER.bit_length() - 1):
+        square = square * square
+        squares.append(square)
+    # Largest bit first: n in [0, 8] is a sum of distinct powers of two.
+    for bit in reversed(range(len(squares))):
+        use = rest >= 2.0**bit
+        power = jnp.where(use, power * squares[bit], power)
+        rest = jnp.where(use, rest - 2.0**bit, rest)
+    return power * jnp.exp(safe_mul(gamma - n, log_q))
+
+
+def _focal_pieces(x, a, gamma, where, axes):
     """Value, gradient wrt logits, wrt the weighted labels ``a`` and wrt ``gamma``.
-
-    ``n`` (static) is an integer part of ``gamma`` known at trace time (a Python ``gamma=2.0``):
-    the modulating factor is then ``q^n · exp((γ - n) log q)``, with ``q^n`` by exact
-    multiplications and the exponential exactly 1 at ``γ = n``; ``exp(γ log q)`` would add
-    ``γ·|log q|`` rounding errors of ``log q`` (on one float64 grid row: 4.2 → 1.3 ulps).
 
     With ``c_k = q_k^γ (1 + γ p_k h_k)``, ``h_k = -log p_k / q_k`` (-> 1 as q_k -> 0):
     d/dx_j = p_j Σ_k a_k c_k - a_j c_j, written for the dominant class as
@@ -206,10 +227,7 @@ def _focal_pieces(x, a, gamma, where, axes, n=0):
     parts, dominant, p, q, log_q = _complement(x, where, axes)
     zero, one = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
     am = a if where is None else jnp.where(where, a, zero)
-    # (1 - p)^γ; exactly 1 for γ = 0 (0·(-inf) = 0)
-    mod = jnp.exp(safe_mul(gamma - n, log_q))
-    if n:
-        mod = jax.lax.integer_pow(q, n) * mod
+    mod = _modulating_factor(q, log_q, gamma)  # (1 - p)^γ
     eff = am * mod
     # The value is the soft-label core with labels a_k (1 - p_k)^γ: for γ = 0 it is the
     # (weighted) cross-entropy bit for bit.
@@ -232,16 +250,16 @@ def _focal_pieces(x, a, gamma, where, axes, n=0):
     return value, grad_x, grad_a, grad_gamma
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
-def _focal(x, a, gamma, where, axes, n):
-    return _focal_pieces(x, a, gamma, where, axes, n)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _focal(x, a, gamma, where, axes):
+    return _focal_pieces(x, a, gamma, where, axes)[0]
 
 
 @functools.partial(_focal.defjvp, symbolic_zeros=True)
-def _focal_jvp(axes, n, primals, tangents):
+def _focal_jvp(axes, primals, tangents):
     x, a, gamma, where = primals
     x_dot, a_dot, gamma_dot, _ = tangents
-    value, grad_x, grad_a, grad_gamma = _focal_pieces(x, a, gamma, where, axes, n)
+    value, grad_x, grad_a, grad_gamma = _focal_pieces(x, a, gamma, where, axes)
     tangent = jnp.zeros_like(value)
     if not isinstance(x_dot, SymbolicZero):
         tangent = tangent + jnp.sum(grad_x * x_dot, axis=axes)
@@ -252,12 +270,12 @@ def _focal_jvp(axes, n, primals, tangents):
     return value, tangent
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7))
-def _focal_core(x, t, alpha, gamma, mask, axes, check_targets, n=0):
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _focal_core(x, t, alpha, gamma, mask, axes, check_targets):
     if check_targets:
         t = nan_where(outside_unit_interval(t), t)
     a = t if alpha is None else nan_where(negative(alpha), alpha) * t
-    return _focal(x, a, gamma, mask, axes, n)
+    return _focal(x, a, gamma, mask, axes)
 
 
 def softmax_focal_loss(
@@ -284,6 +302,13 @@ def softmax_focal_loss(
     every :math:`\gamma \ge 0` (the factor :math:`q^{\gamma-1}` of the naive chain rule is
     infinite at :math:`q = 0` for :math:`\gamma < 1`; optax #1267 is the binary analogue).
     ``γ = 0`` gives the (α-weighted) cross-entropy exactly.
+
+    With an integer part ``n = min(floor(γ), 8)`` split off, the factor is
+    ``q^n · exp((γ - n) log q)`` (the exponential is exactly 1 for an integer γ), also for a
+    γ traced under ``jit``. Known limit: the value's relative error grows with γ, since the
+    last-place rounding of ``q`` is raised to the γ-th power; measured on the accuracy grid,
+    within 4 ulps for γ up to 4.5 and about γ ulps above (8.2 at γ = 8); the gradient stays within
+    8.
 
     Keras' ``CategoricalFocalCrossentropy`` clips probabilities to ``[1e-7, 1 - 1e-7]``: its
     loss for a confident correct prediction never drops below
@@ -337,4 +362,4 @@ def softmax_focal_loss(
             a = class_weights("alpha", raw, tuple(x.shape), axes, x.dtype)
         check_nonnegative("alpha", raw)
     check_probabilities("labels", t, mask)
-    return _focal_core(x, t, a, g, mask, axes, targets_checked(), _static_integer_part(gamma))
+    return _focal_core(x, t, a, g, mask, axes, targets_checked())
