@@ -76,7 +76,7 @@ def _sigmoid_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]):
 def _softplus(x: jax.Array) -> jax.Array:
     # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): exact limits softplus(+inf) = +inf,
     # softplus(-inf) = 0, and full relative precision for the tiny values at x << 0.
-    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    return jnp.maximum(x, 0.0) + softplus_tail(x)
 
 
 @_softplus.defjvp
@@ -105,11 +105,11 @@ def _sigmoid_pair_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]):
     return (jnp.where(x >= 0, s, es), jnp.where(x >= 0, es, s)), (d, -d)
 
 
-def softplus_pair(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(softplus(x), softplus(-x))`` sharing one ``log1p(exp(-|x|))`` (values as
-    :func:`_softplus`; plain jnp, for use inside a rule that supplies the derivative)."""
-    lg = jnp.log1p(jnp.exp(-jnp.abs(x)))
-    return jnp.maximum(x, 0.0) + lg, jnp.maximum(-x, 0.0) + lg
+def softplus_tail(x: jax.Array) -> jax.Array:
+    """``log1p(exp(-|x|))``, the part of ``softplus(x) = max(x, 0) + log1p(exp(-|x|))`` that
+    ``softplus(x)`` and ``softplus(-x)`` share (plain jnp, for use inside a rule that supplies
+    the derivative)."""
+    return jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
 def _neg_softplus_neg(x: jax.Array) -> jax.Array:

@@ -76,3 +76,20 @@ def test_labels_broadcast_same_rank_only():
         jaxce.sigmoid_binary_cross_entropy(x, jnp.ones(3))
     with pytest.raises(TypeError, match="`logits` must be a floating-point"):
         jaxce.sigmoid_binary_cross_entropy(jnp.zeros(3, jnp.int32), jnp.ones(3))
+
+
+def test_summed_value_and_gradient_store_at_most_one_array():
+    """The value ends in one select, so XLA:CPU's reduction of a summed loss reads one stored
+    array: compiled temp memory of ``value_and_grad(sum of the loss)`` is at most one array of
+    the logits' size. Written as ``(1 - t)·softplus(x) + t·softplus(-x)``, the reduction took
+    the products into itself and stored their four operands (4 arrays; optax's stores 3)."""
+    shape = (64, 4096)
+    x = jnp.linspace(-30.0, 30.0, shape[0] * shape[1]).reshape(shape)
+    t = jnp.abs(jnp.sin(x))
+    f = jax.jit(
+        jax.value_and_grad(
+            lambda a, b: jaxce.sigmoid_binary_cross_entropy(a, b).sum(), argnums=(0, 1)
+        )
+    )
+    temp = f.lower(x, t).compile().memory_analysis().temp_size_in_bytes
+    assert temp <= 4 * shape[0] * shape[1], temp
