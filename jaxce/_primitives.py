@@ -293,26 +293,48 @@ def _lanes(n: int, preferred: int = _LANES) -> int:
 
 
 def _compensated_reduce(
-    pairs: tuple[tuple[jax.Array, jax.Array], ...], axis: int
+    pairs: tuple[tuple[jax.Array, jax.Array] | jax.Array, ...], axis: int
 ) -> tuple[tuple[jax.Array, jax.Array], ...]:
-    zero = jnp.zeros((), pairs[0][0].dtype)
-    flat = tuple(a for pair in pairs for a in pair)
+    """One variadic reduction over ``axis``: a compensated pair ``(s, c)`` per input pair, and
+    a plain sum (returned with a zero ``c``) per bare array."""
+    dtype = (pairs[0][0] if isinstance(pairs[0], tuple) else pairs[0]).dtype
+    zero = jnp.zeros((), dtype)
+    widths = [2 if isinstance(p, tuple) else 1 for p in pairs]
+    flat = tuple(a for p in pairs for a in (p if isinstance(p, tuple) else (p,)))
 
     def combine(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         out: list[jax.Array] = []
-        for i in range(0, len(a), 2):
-            out.extend(_combine((a[i], a[i + 1]), (b[i], b[i + 1])))
+        i = 0
+        for w in widths:
+            if w == 2:
+                out.extend(_combine((a[i], a[i + 1]), (b[i], b[i + 1])))
+            else:
+                out.append(a[i] + b[i])
+            i += w
         return tuple(out)
 
     res = jax.lax.reduce(flat, (zero,) * len(flat), combine, (axis,))
-    return tuple((res[i], res[i + 1]) for i in range(0, len(res), 2))
+    out: list[tuple[jax.Array, jax.Array]] = []
+    i = 0
+    for w in widths:
+        out.append((res[i], res[i + 1]) if w == 2 else (res[i], jnp.zeros_like(res[i])))
+        i += w
+    return tuple(out)
 
 
 def _pairs_value(
-    arrays: tuple[jax.Array, ...], axes: tuple[int, ...], keepdims: bool, lanes: int
+    arrays: tuple[jax.Array, ...],
+    axes: tuple[int, ...],
+    keepdims: bool,
+    lanes: int,
+    plain_first: tuple[bool, ...] = (),
 ) -> tuple[tuple[jax.Array, jax.Array], ...]:
     """Compensated sums of same-shaped arrays in one reduction (one pass over each); ``lanes``
-    is the first stage's width (see :data:`FIRST_LANES`)."""
+    is the first stage's width (see :data:`FIRST_LANES`). An array flagged in ``plain_first``
+    is added plainly in the first stage (``lanes`` terms per partial sum) and compensated
+    after it: only for non-negative terms, where each partial sum is then within
+    ``(lanes - 1)·u`` of exact and the total within the same relative bound (a weighted mean
+    of the partials' errors, about one rounding in practice)."""
     nd = arrays[0].ndim
     axes = tuple(sorted(ax % nd for ax in axes))
     batch = tuple(ax for ax in range(nd) if ax not in axes)
@@ -323,10 +345,11 @@ def _pairs_value(
             a = a.transpose(batch + axes)
         return a.reshape((*a.shape[:n_lead], math.prod(a.shape[n_lead:])))
 
+    flags = plain_first + (False,) * (len(arrays) - len(plain_first))
     pairs = tuple((flatten(a), jnp.zeros_like(flatten(a))) for a in arrays)
     lead = pairs[0][0].shape[:n_lead]
     preferred = lanes
-    for _ in range(3):
+    for stage in range(3):
         n = pairs[0][0].shape[-1]
         if n < 4 * _LANES:
             break
@@ -335,11 +358,16 @@ def _pairs_value(
         pad = (-n) % width
         shape = (*lead, width, (n + pad) // width)
         widths = [(0, 0)] * n_lead + [(0, pad)]
-        pairs = tuple(
-            tuple((jnp.pad(a, widths) if pad else a).reshape(shape) for a in pair)  # type: ignore[misc]
-            for pair in pairs
+
+        def restage(a: jax.Array) -> jax.Array:
+            return (jnp.pad(a, widths) if pad else a).reshape(shape)  # noqa: B023
+
+        # The first stage adds flagged arrays plainly (a bare array: no error term).
+        staged: tuple[tuple[jax.Array, jax.Array] | jax.Array, ...] = tuple(
+            restage(s) if plain and stage == 0 else (restage(s), restage(c))
+            for (s, c), plain in zip(pairs, flags, strict=True)
         )
-        pairs = _compensated_reduce(pairs, n_lead)
+        pairs = _compensated_reduce(staged, n_lead)
     pairs = _compensated_reduce(pairs, n_lead)
     if keepdims:
         pairs = tuple((jnp.expand_dims(s, axes), jnp.expand_dims(c, axes)) for s, c in pairs)
@@ -352,21 +380,28 @@ def _pair_value(
     return _pairs_value((a,), axes, keepdims, lanes)[0]
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def row_sum_pairs(
-    arrays: tuple[jax.Array, ...], axes: tuple[int, ...], keepdims: bool = False
+    arrays: tuple[jax.Array, ...],
+    axes: tuple[int, ...],
+    keepdims: bool = False,
+    plain_first: tuple[bool, ...] = (),
 ) -> tuple[tuple[jax.Array, jax.Array], ...]:
     """:func:`row_sum_pair` of several same-shaped arrays in one reduction (a single pass).
 
     Returns one ``(s, c)`` pair per array; derivative ``(sum of tangents, 0)`` for each.
+    ``plain_first`` flags arrays of non-negative terms whose first stage may be a plain sum
+    (see :func:`_pairs_value`).
     """
-    return _pairs_value(tuple(arrays), axes, keepdims, FIRST_LANES)
+    return _pairs_value(tuple(arrays), axes, keepdims, FIRST_LANES, plain_first)
 
 
 @row_sum_pairs.defjvp
-def _row_sum_pairs_jvp(axes: tuple[int, ...], keepdims: bool, primals, tangents):
+def _row_sum_pairs_jvp(
+    axes: tuple[int, ...], keepdims: bool, plain_first: tuple[bool, ...], primals, tangents
+):
     (arrays,), (dots,) = primals, tangents
-    pairs = row_sum_pairs(arrays, axes, keepdims)
+    pairs = row_sum_pairs(arrays, axes, keepdims, plain_first)
     out_dots = tuple(
         (jnp.sum(d, axis=axes, keepdims=keepdims), jnp.zeros_like(c))
         for d, (_, c) in zip(dots, pairs, strict=True)

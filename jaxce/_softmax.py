@@ -93,7 +93,14 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False):
     gap = jnp.where(halve, 0.5 * m - 0.5 * xm, gap)
     coef = jnp.where(halve, 2.0 * tm, tm)
     # The three row sums (S', the label total T, the value's terms) in one compensated pass.
-    e_pair, t_pair, v_pair = row_sum_pairs((e, t_in, safe_mul(coef, gap)), axes, keepdims=True)
+    # T's and the value's terms are >= 0 (labels in [0, 1], m - x_k >= 0), so their first
+    # stage adds a few terms plainly (see `_pairs_value`); S' must be compensated from the
+    # first addition on, since its exact 1 at the arg-max would absorb a tiny rest. Measured
+    # (value + gradient, float32, 2-core CPU, jaxce/optax): 1.26 -> 0.99 at 1024 x 32768,
+    # 1.46 -> 1.16 at 64 x 262144; compiled temp memory 204 -> 140 MiB (optax 256).
+    e_pair, t_pair, v_pair = row_sum_pairs(
+        (e, t_in, safe_mul(coef, gap)), axes, True, (False, True, True)
+    )
     s1 = mass_from_pair(*e_pair, m)
     # The dominant class (unique arg-max with p > 1/2, i.e. S' < 1) gets its own form below.
     dominant = (shifted == 0) & (s1 < 1.0)
