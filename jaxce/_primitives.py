@@ -517,6 +517,9 @@ def recompute_exp() -> bool:
     GPU/TPU, where the exponential is free next to the memory traffic, the sum fuses its
     exponential and the gradient recomputes it: 3 reads + 1 write of ``[B, V]`` instead of
     4 reads + 2 writes. Both give the same bits. Decided at trace time from the default backend.
+    Used by the integer-label CE (on CPU its stored ``exp`` becomes the gradient's buffer, and
+    recomputing measured no faster); the soft-label CE recomputes on every backend (measured
+    in ``jaxce._softmax._soft_ce_pieces``).
     """
     return jax.default_backend() != "cpu"
 
