@@ -283,13 +283,16 @@ _LANES = 16
 
 
 def _lanes(n: int, preferred: int = _LANES) -> int:
-    """The stage width for a row of ``n``: a divisor of ``n`` near ``preferred`` if there is
-    one (no padding: ``jnp.pad`` would copy the whole array, 1.4× optax's time at V = 1000),
-    else ``preferred`` with padding."""
-    for lanes in (preferred, preferred * 2, max(preferred // 2, 2), preferred * 3 // 2, 12, 10):
-        if n % lanes == 0:
-            return lanes
-    return preferred
+    """The stage width for a row of ``n``: the divisor of ``n`` in ``[preferred/2,
+    2·preferred]`` nearest to ``preferred`` (the larger one on a tie) if there is one (no
+    padding: ``jnp.pad`` would copy the whole array, 1.4× optax's time at V = 1000), else
+    ``preferred`` with padding. V = 1000 with 16 preferred takes 20 lanes (then 50 terms per
+    lane), not 8 (then 125, padded to 128): integer CE value + gradient at 16384 × 1000,
+    float32, 45.4 -> 39.9 ms (optax 38.3; interleaved, 9 repeats)."""
+    divisors = [d for d in range(max(preferred // 2, 2), 2 * preferred + 1) if n % d == 0]
+    if not divisors:
+        return preferred
+    return min(divisors, key=lambda d: (abs(d - preferred), -d))
 
 
 def _compensated_reduce(

@@ -314,6 +314,23 @@ def test_row_sum_pairs_plain_first_stage_on_non_negative_terms(v):
     assert first.split("across")[0].count("init:") == 3, first[:200]
 
 
+def test_stage_width_is_the_nearest_divisor():
+    """A stage takes the divisor of the row length in [p/2, 2p] nearest to the preferred width
+    p (no padded copy of the row): V = 1000 with 16 preferred goes 20 x 50 (not 8 x 125 with
+    125 padded to 128), GPT-2's 50257 = 29 x 1733 needs no padding; a prime length pads."""
+    from jaxce._primitives import _lanes
+
+    assert [_lanes(n, 16) for n in (1000, 32768, 250, 50257, 100, 1009)] == [
+        20,
+        16,
+        10,
+        29,
+        20,
+        16,
+    ]
+    assert [_lanes(n, 4) for n in (1000, 32768, 250, 1010)] == [4, 4, 5, 5]
+
+
 def test_mass_beyond_top_keeps_tiny_mass_and_counts_ties():
     from jaxce._primitives import mass_beyond_top, row_max, shift_by_max
 
