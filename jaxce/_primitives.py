@@ -280,6 +280,13 @@ def _combine(
 # Later stages read stored partial sums (a small body): 16 lanes.
 FIRST_LANES = 4
 _LANES = 16
+# Rows (or partial-sum rows) shorter than this go straight to the final reduction, which runs
+# along the row without vectorizing across it: 50 terms there (V = 1000 after a 20-lane stage)
+# cost more than one more stage (10 x 5): integer CE value + gradient, float32, jaxce/optax
+# 1.08-1.14 -> 0.99-1.01 at 16384 x 1000 with this and the divisor rule of `_lanes` (at
+# 65536 x 1000 within noise; temp memory 67 -> 28 MiB); V = 32768 and 262144 are unchanged.
+_MIN_STAGED = 2 * _LANES
+_MAX_STAGES = 3
 
 
 def _lanes(n: int, preferred: int = _LANES) -> int:
@@ -287,8 +294,7 @@ def _lanes(n: int, preferred: int = _LANES) -> int:
     2·preferred]`` nearest to ``preferred`` (the larger one on a tie) if there is one (no
     padding: ``jnp.pad`` would copy the whole array, 1.4× optax's time at V = 1000), else
     ``preferred`` with padding. V = 1000 with 16 preferred takes 20 lanes (then 50 terms per
-    lane), not 8 (then 125, padded to 128): integer CE value + gradient at 16384 × 1000,
-    float32, 45.4 -> 39.9 ms (optax 38.3; interleaved, 9 repeats)."""
+    lane, see :data:`_MIN_STAGED`), not 8 (then 125, padded to 128)."""
     divisors = [d for d in range(max(preferred // 2, 2), 2 * preferred + 1) if n % d == 0]
     if not divisors:
         return preferred
@@ -352,9 +358,9 @@ def _pairs_value(
     pairs = tuple((flatten(a), jnp.zeros_like(flatten(a))) for a in arrays)
     lead = pairs[0][0].shape[:n_lead]
     preferred = lanes
-    for stage in range(3):
+    for stage in range(_MAX_STAGES):
         n = pairs[0][0].shape[-1]
-        if n < 4 * _LANES:
+        if n < _MIN_STAGED:
             break
         width = _lanes(n, preferred)
         preferred = _LANES
