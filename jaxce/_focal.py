@@ -195,10 +195,10 @@ def _modulating_factor(q: jax.Array, log_q: jax.Array, gamma: jax.Array) -> jax.
     ``n``'s bits; ``q·q`` for ``γ = 2``), and the exponential is exactly 1 when ``γ`` is an
     integer: ``exp(γ log q)`` alone would add ``γ`` times the rounding error of ``log q`` and
     the exponential's own (on one float64 grid row, with XLA:CPU's ``log1p``, 4.22 ulps
-    instead of 2.74 for ``γ = 2``). ``n`` is computed
-    from ``γ`` in the program, so a traced ``γ`` (under ``jit``) gets the same numbers as a
-    Python float. A NaN ``γ`` gives NaN (through the exponential); ``q^0 = 1``, also at
-    ``q = 0``, and ``0·log 0 = 0`` in the exponent (:func:`safe_mul`), so ``γ = 0`` gives 1.
+    instead of 2.74 for ``γ = 2``). ``n`` is computed from ``γ`` in the program, so a traced
+    ``γ`` (under ``jit``) gets the same numbers as a Python float. A NaN ``γ`` gives NaN
+    (through the exponential); ``q^0 = 1``, also at ``q = 0``, and ``0·log 0 = 0`` in the
+    exponent (:func:`safe_mul`), so ``γ = 0`` gives 1.
     """
     n = jnp.clip(jnp.floor(gamma), 0.0, float(_MAX_POWER))
     power = jnp.ones_like(q)
@@ -307,8 +307,8 @@ def softmax_focal_loss(
     ``q^n · exp((γ - n) log q)`` (the exponential is exactly 1 for an integer γ), also for a
     γ traced under ``jit``. Known limit: the value's relative error grows with γ, since the
     last-place rounding of ``q`` is raised to the γ-th power; measured on the accuracy grid,
-    within 4 ulps for γ up to 4.5 and about γ ulps above (8.2 at γ = 8); the gradient stays within
-    8.
+    within 4 ulps for γ up to 4.5 and about γ ulps above (8.2 at γ = 8); the gradient stays
+    within 8.
 
     Keras' ``CategoricalFocalCrossentropy`` clips probabilities to ``[1e-7, 1 - 1e-7]``: its
     loss for a confident correct prediction never drops below

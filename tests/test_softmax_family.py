@@ -968,7 +968,7 @@ def test_focal_integer_part_of_gamma_traced_or_concrete(gamma, focal_poly_runs, 
     float, and other γ than the grid's 0.5 and 2 (n = 1, 3, 8 and 8 + a fraction) keep the
     accuracy bounds (float64, V = 3). Before n was computed in the program, a traced γ = 2
     went through exp(2 log q): 4.22 ulps on the --run-slow grid row 'scale 1 V=3 dirichlet
-    row 1'. Above γ = 4 the value bound is γ + 1, the documented limit: q's last-place
+    row 1'. Above γ = 3 the value bound is γ + 1, the documented limit: q's last-place
     rounding raised to the γ-th power (8.2 ulps measured at γ = 8)."""
     rows = _focal_poly_rows(3, "float64", slow=False)
     x = jnp.asarray(np.stack([r[0] for r in rows]))
