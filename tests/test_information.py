@@ -409,8 +409,10 @@ def _value_and_grads(name, a, b, w):
     return v, jnp.concatenate([ga, gb], axis=-1)
 
 
-def _grid_check(name: str, dtype: str, slow: bool) -> Worst:
-    worst = Worst()
+def _grid_check(name: str, dtype: str, slow: bool) -> tuple[Worst, Worst]:
+    """Worst errors over the rows of up to 1000 classes and over the larger ones (which
+    allow 16 / 32, as for the losses)."""
+    small, large = Worst(), Worst()
     rng = np.random.default_rng(11)
     kinds = ("",) if name == "entropy" else PAIR_KINDS
     for batch in _info_grid(slow):
@@ -432,8 +434,9 @@ def _grid_check(name: str, dtype: str, slow: bool) -> Worst:
                     refs.append(ref.mp_kl_divergence_with_logits(a64[i], b64[i], wi))
                 else:
                     refs.append(ref.mp_jensen_shannon_divergence(a64[i], b64[i], wi))
+            worst = small if batch.num_classes <= 1000 else large
             _score_rows(v, g, refs, dtype, worst, f"{batch.name} {kind}")
-    return worst
+    return small, large
 
 
 @pytest.mark.parametrize("name", list(PAIR_FNS))
@@ -478,6 +481,21 @@ def test_js_reference_value_of_a_tiny_divergence(x64):
     assert _errors(v, r.value, r.kappa, "float64").max() <= 4.0
 
 
+# Known misses of the --run-slow grid, found when the V <= 1000 rows got their own bound
+# (before, the worst row at any V was held to the V > 1000 bound of 32; entropy and KL give
+# the same numbers at 98c19d5, before the speed work of that day): gradients 10.5-10.8 ulps
+# against 8.
+_SLOW_GRID_MISSES = {
+    ("entropy", "float64"): "known: gradient 10.6 ulps on 'scale 0.0001 V=1000 row 0'",
+    ("kl_divergence_with_logits", "float32"): "known: gradient 10.5 ulps on 'scale 0.0001 "
+    "V=1000 near 1e-3 row 0'",
+    ("jensen_shannon_divergence", "float32"): "known: gradient 10.5 ulps on 'scale 0.0001 "
+    "V=1000 near 1e-3 row 0'",
+    ("jensen_shannon_divergence", "float64"): "known: gradient 10.8 ulps on 'confident-correct "
+    "gap 100 V=3 independent row 2'",
+}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", ["entropy", *PAIR_FNS])
 def test_accuracy_grid(name, dtype, request, x64):
@@ -488,14 +506,18 @@ def test_accuracy_grid(name, dtype, request, x64):
         # ~70 s of mpmath; the default run keeps the two float64 rows that once failed
         # (test_two_class_dominant_rows_float64_gradients, test_js_reference_value_...).
         pytest.skip("long run: pass --run-slow")
-    worst = _grid_check(name, dtype, slow)
-    vb, gb = bounds(10_000 if slow else 1000)
-    print(
-        f"{name} {dtype}: value {worst.value:.3g} ({worst.where_value}), "
-        f"grad {worst.grad:.3g} ({worst.where_grad})"
-    )
-    assert worst.value <= vb, (worst.value, worst.where_value)
-    assert worst.grad <= gb, (worst.grad, worst.where_grad)
+    if slow and (name, dtype) in _SLOW_GRID_MISSES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=_SLOW_GRID_MISSES[name, dtype]))
+    small, large = _grid_check(name, dtype, slow)
+    for v, worst in ((1000, small), (10_000, large)):
+        print(
+            f"{name} {dtype} V{'<=' if v == 1000 else '>'}1000: value {worst.value:.3g} "
+            f"({worst.where_value}), grad {worst.grad:.3g} ({worst.where_grad})"
+        )
+    for v, worst in ((10_000, large), (1000, small)):
+        vb, gb = bounds(v)
+        assert worst.value <= vb, (worst.value, worst.where_value)
+        assert worst.grad <= gb, (worst.grad, worst.where_grad)
 
 
 # --------------------------------------------------------------------------------------------
