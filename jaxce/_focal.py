@@ -201,13 +201,11 @@ def _modulating_factor(q: jax.Array, log_q: jax.Array, gamma: jax.Array) -> jax.
     exponent (:func:`safe_mul`), so ``γ = 0`` gives 1.
     """
     n = jnp.clip(jnp.floor(gamma), 0.0, float(_MAX_POWER))
+    squares = [q]  # q, q^2, q^4, q^8
+    for _ in range(_MAX_POWER.bit_length() - 1):
+        squares.append(squares[-1] * squares[-1])
     power = jnp.ones_like(q)
     rest = n
-    square = q
-    squares = [q]
-    for _ in range(_MAX_POWER.bit_length() - 1):
-        square = square * square
-        squares.append(square)
     # Largest bit first: n in [0, 8] is a sum of distinct powers of two.
     for bit in reversed(range(len(squares))):
         use = rest >= 2.0**bit

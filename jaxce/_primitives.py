@@ -355,7 +355,7 @@ def _pairs_value(
         return a.reshape((*a.shape[:n_lead], math.prod(a.shape[n_lead:])))
 
     flags = plain_first + (False,) * (len(arrays) - len(plain_first))
-    pairs = tuple((flatten(a), jnp.zeros_like(flatten(a))) for a in arrays)
+    pairs = tuple((f, jnp.zeros_like(f)) for f in map(flatten, arrays))
     lead = pairs[0][0].shape[:n_lead]
     preferred = lanes
     for stage in range(_MAX_STAGES):
