@@ -55,7 +55,9 @@ def _p_times(parts: RowParts, c: jax.Array, scale: float = 1.0) -> jax.Array:
     A gradient ``p_k (m - x_k - A)`` is normal for ``p_k`` down to ``tiny / 100``; forming
     ``p_k`` first flushes it to 0 (XLA flushes subnormals). Here ``e_k · c_k`` is
     ``(e^{s/2} c_k) e^{s/2}`` (``s = x_k - m``; ``s/2`` is exact and both factors are normal
-    wherever the product can be), then divided by ``1 + S'``. A zero-probability class
+    wherever the product can be), then divided by ``1 + S'``, and corrected for the rounding
+    of ``s`` itself (``RowParts.lo``: a class 100 nats below the top otherwise carries a
+    relative error of ``100 u`` in ``p_k``). A zero-probability class
     (``s = -inf``) gives 0 whatever ``c`` (0 · inf = 0); ``c = ±inf`` on a class of positive
     probability gives ``±inf``; NaN propagates. ``scale`` (a power of 2) multiplies the result
     without overflowing ``c``.
@@ -67,6 +69,8 @@ def _p_times(parts: RowParts, c: jax.Array, scale: float = 1.0) -> jax.Array:
     c_live = jnp.where(live, c, zero)
     c_fin = jnp.where(jnp.isinf(c_live), zero, c_live)
     out = ((eh * c_fin) * (eh * scale)) / (1.0 + parts.s1)
+    # exp(x - m), not exp(fl(x - m)) (see RowParts.lo); an overflowed product stays inf.
+    out = jnp.where(jnp.isfinite(out), out + out * parts.lo, out)
     out = jnp.where(jnp.isinf(c_live), jax.lax.stop_gradient(c_live), out)
     return jnp.where(live, out, zero)
 
@@ -195,8 +199,17 @@ def _entropy_jvp(axes: tuple[int, ...], primals, tangents):
     x, where = primals
     x_dot, _ = tangents
     parts, _, neg_s, a = _entropy_parts(x, where, axes)
-    # dH/dx_j = p_j (-log p_j - H) = p_j ((m - x_j) - A): log1p(S') cancels exactly.
-    g = _zero_masked(_p_times(parts, neg_s - a), where)
+    # dH/dx_j = p_j (-log p_j - H) = p_j ((m - x_j) - A): log1p(S') cancels exactly. The
+    # difference d_j = (m - x_j) - A is the size of x_j - sum_k p_k x_k, but its operands can
+    # be several times larger (logits of size 1e-4 around 0: m - x_j and A reach 6e-4 while
+    # the x_j are 1e-4, and an ulp of A alone is then 4 ulps of the condition number). So
+    # m - x_j keeps its rounding error (-lo), and A's own error comes back as
+    # A2 = sum_k p_k d_k (0 in exact arithmetic, from terms the size of d).
+    zero = jnp.zeros((), x.dtype)
+    live = jnp.isfinite(neg_s)
+    d = jnp.where(live, (jnp.where(live, neg_s, zero) - a) - parts.lo, zero)
+    a2 = row_sum(_p_times(parts, d), axes, keepdims=True)
+    g = _zero_masked(_p_times(parts, d - a2), where)
     return _entropy(x, where, axes), jnp.sum(g * x_dot, axis=axes)
 
 
@@ -321,7 +334,29 @@ def _pair(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, 
         _log1p(jnp.where(use_s, s, zero)),
         jnp.log(jnp.where(use_l, w_sum, zero + 1.0)),
     )
-    near_delta = jnp.where(live, dx, zero) - d
+    # delta = dx - D = (d1 + e1) - (d2 + e2 + D). The offset d2 + D is carried as two floats
+    # (two-sum), so each delta_k is rounded once, at its own size: dx alone can be several
+    # times larger than delta (rows of logits of size 1e-4 and 1e-3 around 0, whose maxima
+    # differ by 3e-3 while delta is 1e-3), and an ulp of it is then several ulps of the
+    # condition number.
+    c_hi, c_lo = _two_sum(jnp.where(near & fin_row, d2, zero), jnp.where(near, d, zero))
+    near_delta = jnp.where(
+        live, (jnp.where(live, d1, zero) - c_hi) + ((e1 - e2) - c_lo), zero - c_hi
+    )
+    # D's own rounding is a common error eps in every delta_k; with the rounded deltas,
+    # sum_k q_k expm1(delta_k) (expm1 = -1 off p's support) is e^{-eps} - 1 instead of 0, and
+    # is formed from terms the size of delta. q_k expm1(delta_k) = p_k - q_k is taken as
+    # -p_k expm1(-delta_k) for delta_k > 0 (no overflow of expm1 where q_k is tiny).
+    up = live & (near_delta > 0.0)
+    nd_up = jnp.where(up, near_delta, zero)
+    nd_dn = jnp.where(live & ~up, near_delta, zero)
+    r_terms = jnp.where(
+        up,
+        -_p_times(pa, jnp.expm1(-nd_up)),
+        jnp.where(live, _p_times(pb, jnp.expm1(nd_dn)), -q),
+    )
+    r = row_sum(jnp.where(pos_q & near, r_terms, zero), axes, keepdims=True)
+    near_delta = near_delta - jax.lax.stop_gradient(_log1p(jnp.where(near, r, zero)))
     delta = jnp.where(both, jnp.where(near, near_delta, plain), zero)
     return _Pair(pa, pb, p, q, pos_p, pos_q, delta)
 

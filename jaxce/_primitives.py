@@ -567,7 +567,11 @@ class RowParts(NamedTuple):
     ``shifted = x - m`` (``-inf`` at masked classes, 0 at ``+inf`` entries of a ``+inf`` row),
     ``e = exp(shifted)``, ``s1 = S'`` (the sum of ``e`` over all classes but one arg-max, >= 0),
     ``n_top`` the number of arg-max entries, ``top`` their indicator. ``m`` is the row max
-    (``-inf`` for an empty row); all reductions keep their dims.
+    (``-inf`` for an empty row); all reductions keep their dims. ``lo`` is the rounding error
+    of ``shifted`` (``x - m == shifted + lo`` exactly; 0 at the arg-max and wherever
+    ``shifted`` is not finite, no derivative): ``exp(shifted) · (1 + lo)`` is ``exp(x - m)`` to
+    an ulp even when ``|x - m|`` is large (the information measures' gradients need that; XLA
+    drops it where it is unused).
     """
 
     m: jax.Array
@@ -576,6 +580,7 @@ class RowParts(NamedTuple):
     s1: jax.Array
     top: jax.Array
     n_top: jax.Array
+    lo: jax.Array
 
 
 def row_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> RowParts:
@@ -612,7 +617,10 @@ def row_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> R
     n_top = jnp.sum(top, axis=axes, keepdims=True, dtype=x.dtype)  # exact: integers
     s1 = row_sum(jnp.where(top, jnp.zeros((), x.dtype), e), axes, keepdims=True)
     s1 = s1 + jnp.maximum(n_top - 1.0, 0.0)
-    return RowParts(m, shifted, e, s1, top, n_top)
+    live = jnp.isfinite(shifted) & jnp.isfinite(m) & ~top
+    _, lo = _two_sum(jnp.where(live, xm, zero), -jnp.where(live, m_shift, zero))
+    lo = jax.lax.stop_gradient(jnp.where(live, lo, zero))
+    return RowParts(m, shifted, e, s1, top, n_top, lo)
 
 
 def _lse_minus_value(parts: RowParts, ref: jax.Array) -> jax.Array:
