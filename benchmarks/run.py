@@ -254,11 +254,57 @@ def _call_time(fn: Callable[[], Any], min_time: float) -> float:
     return elapsed / calls
 
 
-def _sample(fn: Callable[[], Any], calls: int) -> float:
+def _minor_faults() -> int | None:
+    """Minor page faults of this process so far (None where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+
+def _sample(fn: Callable[[], Any], calls: int) -> tuple[float, float | None]:
+    """Seconds and minor page faults per call, over ``calls`` back-to-back calls."""
+    faults = _minor_faults()
     start = time.perf_counter()
     for _ in range(calls):
         jax.block_until_ready(fn())
-    return (time.perf_counter() - start) / calls
+    seconds = (time.perf_counter() - start) / calls
+    after = _minor_faults()
+    return seconds, None if faults is None or after is None else (after - faults) / calls
+
+
+def write_probe(shape: Shape, repeats: int = 7) -> dict[str, Any]:
+    """What writing a logits-sized float32 array costs: ``x * 2`` into a fresh buffer (as the
+    floor, and every gradient, is written) against the same in place (the input donated), and
+    a read-only ``sum(x)``; median milliseconds, and minor page faults per fresh write.
+
+    On Linux a buffer this large comes from a fresh ``mmap`` on every call, and the kernel
+    zero-fills each 4 KiB page on first touch: that, not memory bandwidth, can dominate the
+    floor (2-core EPYC, 65536 x 1000: 74 ms fresh, 10 ms in place, 9 ms for the read).
+    """
+    x = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float32)
+    fresh = jax.jit(lambda a: a * 2).lower(x).compile()
+    read = jax.jit(jnp.sum).lower(x).compile()
+    in_place = jax.jit(lambda a: a * 2, donate_argnums=0)
+    y = in_place(x * 1.0)
+    jax.block_until_ready((fresh(x), read(x), y))
+    times: dict[str, list[float]] = {"fresh_ms": [], "in_place_ms": [], "read_ms": []}
+    faults: list[float] = []
+    for _ in range(repeats):
+        t, f = _sample(lambda: fresh(x), 1)
+        times["fresh_ms"].append(1e3 * t)
+        if f is not None:
+            faults.append(f)
+        start = time.perf_counter()
+        y = jax.block_until_ready(in_place(y))
+        times["in_place_ms"].append(1e3 * (time.perf_counter() - start))
+        times["read_ms"].append(1e3 * _sample(lambda: read(x), 1)[0])
+    out: dict[str, Any] = {"shape": list(shape)}
+    out.update({k: statistics.median(v) for k, v in times.items()})
+    out["faults_per_fresh_write"] = statistics.median(faults) if faults else None
+    out["pages"] = math.ceil(math.prod(shape) * 4 / 4096)
+    return out
 
 
 def plan(estimates: dict[str, float], settings: Settings) -> tuple[dict[str, int], int]:
@@ -317,10 +363,14 @@ def run_case(
     calls, repeats = plan(estimates, settings)
 
     samples: dict[str, list[float]] = {name: [] for name in IMPLS}
+    faults: dict[str, list[float]] = {name: [] for name in IMPLS}
     for r in range(repeats):
         order = IMPLS[r % len(IMPLS) :] + IMPLS[: r % len(IMPLS)]
         for name in order:
-            samples[name].append(_sample(calls_of[name], calls[name]))
+            seconds, f = _sample(calls_of[name], calls[name])
+            samples[name].append(seconds)
+            if f is not None:
+                faults[name].append(f)
 
     impls: dict[str, dict[str, Any]] = {}
     for name in IMPLS:
@@ -333,6 +383,7 @@ def run_case(
             "calls_per_sample": calls[name],
             "compile_s": compile_s[name],
             "temp_bytes": temp_bytes(compiled[name]),
+            "faults_per_call": statistics.median(faults[name]) if faults[name] else None,
         }
     ratios = {f"{a}/{b}": _ratio(impls[a]["median_ms"], impls[b]["median_ms"]) for a, b in RATIOS}
     logits_bytes = x.size * x.dtype.itemsize
@@ -475,14 +526,19 @@ def machine() -> dict[str, Any]:
 
 
 def report(
-    records: Sequence[dict[str, Any]], settings: Settings, argv: Sequence[str], wall_s: float
+    records: Sequence[dict[str, Any]],
+    settings: Settings,
+    argv: Sequence[str],
+    wall_s: float,
+    probe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document: machine, settings, per-case records."""
+    """The JSON document: machine, settings, the write probe, per-case records."""
     return {
         "schema": 1,
         "machine": machine(),
         "settings": {**dataclasses.asdict(settings), "argv": list(argv)},
         "wall_s": wall_s,
+        "write_probe": probe,
         "columns": list(TABLE_COLUMNS),
         "results": list(records),
     }
@@ -608,9 +664,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress(f"[{i}/{len(cases)}] {case.id} ({case.loss})")
         records.append(run_case(case, settings, args.hlo))
     wall_s = time.perf_counter() - start
+    # The largest logits of the run: what one fresh [B, V] write costs on this machine.
+    probe = write_probe(max((c.shape for c in cases), key=math.prod))
+    _progress(
+        f"write probe {probe['shape'][0]}x{probe['shape'][1]} float32: x * 2 into a fresh "
+        f"buffer {probe['fresh_ms']:.1f} ms ({probe['faults_per_fresh_write']} page faults, "
+        f"{probe['pages']} pages), in place {probe['in_place_ms']:.1f} ms, "
+        f"read only {probe['read_ms']:.1f} ms"
+    )
 
     print(table(records))
-    doc = report(records, settings, args_list, wall_s)
+    doc = report(records, settings, args_list, wall_s, probe)
     if not args.no_json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")

@@ -40,6 +40,7 @@ def _check_record(bench: ModuleType, rec: dict) -> None:
         assert impl["median_ms"] == statistics.median(impl["samples_ms"])
         assert impl["calls_per_sample"] >= 1
         assert impl["temp_bytes"] is None or impl["temp_bytes"] >= 0
+        assert impl["faults_per_call"] is None or impl["faults_per_call"] >= 0
     for a, b in bench.RATIOS:
         expected = rec["impls"][a]["median_ms"] / rec["impls"][b]["median_ms"]
         assert rec["ratios"][f"{a}/{b}"] == expected
@@ -113,6 +114,10 @@ def test_main_writes_table_json_plot_and_hlo(bench, tmp_path, capsys):
         doc["machine"]
     )
     assert {"jax", "jaxlib", "optax"} <= set(doc["machine"]["versions"])
+    probe = doc["write_probe"]
+    assert probe["shape"] == [4, 16]
+    assert probe["pages"] == 1
+    assert min(probe[k] for k in ("fresh_ms", "in_place_ms", "read_ms")) > 0
     (rec,) = doc["results"]
     assert rec["loss"] == "softmax_cross_entropy_with_integer_labels"
     _check_record(bench, rec)
