@@ -339,10 +339,9 @@ def _pair(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, 
     # times larger than delta (rows of logits of size 1e-4 and 1e-3 around 0, whose maxima
     # differ by 3e-3 while delta is 1e-3), and an ulp of it is then several ulps of the
     # condition number.
-    c_hi, c_lo = _two_sum(jnp.where(near & fin_row, d2, zero), jnp.where(near, d, zero))
-    near_delta = jnp.where(
-        live, (jnp.where(live, d1, zero) - c_hi) + ((e1 - e2) - c_lo), zero - c_hi
-    )
+    # (d2 is 0 off finite rows, and `near` implies a finite row; entries off `live` are unused.)
+    c_hi, c_lo = _two_sum(jnp.where(near, d2, zero), jnp.where(near, d, zero))
+    near_delta = jnp.where(live, (jnp.where(live, d1, zero) - c_hi) + ((e1 - e2) - c_lo), zero)
     # D's own rounding is a common error eps in every delta_k; with the rounded deltas,
     # sum_k q_k expm1(delta_k) (expm1 = -1 off p's support) is e^{-eps} - 1 instead of 0, and
     # is formed from terms the size of delta. q_k expm1(delta_k) = p_k - q_k is taken as
