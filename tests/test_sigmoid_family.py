@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 import jaxce
 from jaxce import _reference as ref
 from jaxce._grid import BINARY_LABELS, elementwise_grid
-from tests.test_accuracy import TINY, _cast, _errors
+from tests.test_accuracy import TINY, U, _cast, _errors
 
 INF = math.inf
 bce = jaxce.sigmoid_binary_cross_entropy
@@ -166,6 +166,47 @@ def test_bce_temperature_and_soft_cap():
         bce(x, t, temperature=0.0)
     with pytest.raises(ValueError, match="`logit_soft_cap` holds"):
         bce(x, t, logit_soft_cap=-1.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_soft_cap_derivative_accuracy_far_beyond_the_cap(dtype, x64):
+    """The cap's derivative sech²(x/c) in condition-scaled ulps against mpmath, out to
+    |x| = 60c, and through a loss. JAX's own derivative of tanh, (1 - t)(1 + t) from the rounded
+    t, cancels: 2.8e-6 relative at x = 81, c = 30 in float32 (tens of ulps here, and a jit-vs-eager
+    flake of test_ext_jit_matches_eager), and exactly 0 from x ≈ 9c, where t rounds to 1."""
+    from jaxce._transforms import scale_logits
+
+    mp = pytest.importorskip("mpmath")
+    u = U[dtype]
+    c = 30.0
+    xs = _cast(np.concatenate([np.linspace(-60 * c, 60 * c, 2001), [-81.33, 81.33, 1e-3]]), dtype)
+    v, g = jax.vmap(jax.value_and_grad(lambda a: scale_logits(a, logit_soft_cap=c)))(
+        jnp.asarray(xs, dtype)
+    )
+    errs_v, errs_g = [], []
+    with mp.workdps(60):
+        for xi, vi, gi in zip(
+            xs, np.asarray(v, np.float64), np.asarray(g, np.float64), strict=True
+        ):
+            w = mp.mpf(float(xi)) / c
+            th, s2 = mp.tanh(w), mp.sech(w) ** 2
+            # κ of c·tanh(x/c): |x|·sech²; of sech²(x/c): |x|·|2 sech² tanh / c|
+            errs_v.append(ref.condition_scaled_error(vi, c * th, abs(w) * c * s2, u, TINY[dtype]))
+            errs_g.append(
+                ref.condition_scaled_error(gi, s2, abs(w) * 2 * s2 * abs(th), u, TINY[dtype])
+            )
+        sech2 = float(mp.sech(10) ** 2)
+        expected = float(mp.sigmoid(c * mp.tanh(10))) * sech2
+    print("soft cap worst value / derivative ulps", dtype, max(errs_v), max(errs_g))
+    assert max(errs_g) <= 4, max(errs_g)
+    i = int(np.argmax(errs_v))
+    assert max(errs_v) <= 4, (max(errs_v), xs[i], np.asarray(v)[i])
+    # Through the loss: d/dx bce(c·tanh(x/c), t) = (σ(x') - t)·sech²(x/c), nonzero at x = 10c.
+    x = jnp.asarray([300.0, -300.0], dtype)
+    t = jnp.asarray([0.0, 1.0], dtype)
+    gl = np.asarray(jax.grad(lambda a: jnp.sum(bce(a, t, logit_soft_cap=c)))(x), np.float64)
+    np.testing.assert_allclose(gl, [expected, -expected], rtol=8e-6)
+    assert gl[0] > 0
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
