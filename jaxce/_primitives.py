@@ -289,6 +289,20 @@ _MIN_STAGED = 2 * _LANES
 _MAX_STAGES = 3
 
 
+def staged_sums() -> bool:
+    """Whether row sums are reduced in strided stages (on CPU) or in one reduction (GPU, TPU).
+
+    The stages exist for XLA:CPU, which vectorizes a reduction over a few major lanes but not
+    one along the row. A stage writes its partial sums to memory (a ``1/lanes`` fraction of the
+    summed arrays), which on a GPU or TPU, whose reduction emitters fuse the elementwise
+    producer into a single row reduction, would only add memory traffic: there every row sum is
+    one variadic reduction, one pass over its inputs. The compensated combiner makes the result
+    independent of the order to about one rounding either way. Decided at trace time from the
+    default backend (like :func:`recompute_exp`); not measured on an accelerator yet.
+    """
+    return jax.default_backend() == "cpu"
+
+
 def _lanes(n: int, preferred: int = _LANES) -> int:
     """The stage width for a row of ``n``: the divisor of ``n`` in ``[preferred/2,
     2·preferred]`` nearest to ``preferred`` (the larger one on a tie) if there is one (no
@@ -358,7 +372,7 @@ def _pairs_value(
     pairs = tuple((f, jnp.zeros_like(f)) for f in map(flatten, arrays))
     lead = pairs[0][0].shape[:n_lead]
     preferred = lanes
-    for stage in range(_MAX_STAGES):
+    for stage in range(_MAX_STAGES if staged_sums() else 0):
         n = pairs[0][0].shape[-1]
         if n < _MIN_STAGED:
             break
@@ -389,28 +403,34 @@ def _pair_value(
     return _pairs_value((a,), axes, keepdims, lanes)[0]
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
 def row_sum_pairs(
     arrays: tuple[jax.Array, ...],
     axes: tuple[int, ...],
     keepdims: bool = False,
     plain_first: tuple[bool, ...] = (),
+    lanes: int = FIRST_LANES,
 ) -> tuple[tuple[jax.Array, jax.Array], ...]:
     """:func:`row_sum_pair` of several same-shaped arrays in one reduction (a single pass).
 
     Returns one ``(s, c)`` pair per array; derivative ``(sum of tangents, 0)`` for each.
     ``plain_first`` flags arrays of non-negative terms whose first stage may be a plain sum
-    (see :func:`_pairs_value`).
+    (see :func:`_pairs_value`); ``lanes`` is the first stage's width.
     """
-    return _pairs_value(tuple(arrays), axes, keepdims, FIRST_LANES, plain_first)
+    return _pairs_value(tuple(arrays), axes, keepdims, lanes, plain_first)
 
 
 @row_sum_pairs.defjvp
 def _row_sum_pairs_jvp(
-    axes: tuple[int, ...], keepdims: bool, plain_first: tuple[bool, ...], primals, tangents
+    axes: tuple[int, ...],
+    keepdims: bool,
+    plain_first: tuple[bool, ...],
+    lanes: int,
+    primals,
+    tangents,
 ):
     (arrays,), (dots,) = primals, tangents
-    pairs = row_sum_pairs(arrays, axes, keepdims, plain_first)
+    pairs = row_sum_pairs(arrays, axes, keepdims, plain_first, lanes)
     out_dots = tuple(
         (jnp.sum(d, axis=axes, keepdims=keepdims), jnp.zeros_like(c))
         for d, (_, c) in zip(dots, pairs, strict=True)

@@ -34,9 +34,11 @@ from jaxce._primitives import (
     pair_total,
     recompute_exp,
     row_max,
+    row_sum_pair,
     row_sum_pairs,
     safe_mul,
     shift_by_max,
+    staged_sums,
 )
 from jaxce._transforms import scale_logits
 from jaxce._validate import (
@@ -66,9 +68,10 @@ __all__ = [
 def _soft_ce_pieces(x, t, where, axes, check_targets=False):
     """Value, gradient wrt logits and gradient wrt labels of the soft-label cross-entropy.
 
-    value = sum_k t_k (m - x_k) + T log1p(S'): every term is >= 0, nothing cancels. A term
-    whose ``m - x_k`` overflows (logits spanning more than the dtype's max) is computed as
-    ``(2 t_k) (m/2 - x_k/2)``, exact scaling, so the loss is finite whenever it is.
+    value = sum_k t_k (m - x_k) + T log1p(S'): every term is >= 0, nothing cancels. Each term
+    is computed as ``(2 t_k) (m/2 - x_k/2)``, the same rounding by exact scaling, so that it
+    cannot overflow where ``m - x_k`` would (logits spanning more than the dtype's max): the
+    loss is finite whenever it is.
     grad_x = T p - t, except at a unique arg-max, where (T - t_j) - T S'/(1 + S') keeps the
     small 1 - p_j exact (``shared/NUMERICS.md``, the min(...) term of kappa); the complement
     mass T - t_j comes from the compensated label total ``(s, c)`` as ``(s - t_j) + c``, with
@@ -87,22 +90,33 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False):
     # label total spreads to the value and the whole row's gradient. Inside the sum's input,
     # the check costs no pass of its own.
     t_in = nan_where(outside_unit_interval(tm), tm) if check_targets else tm
-    # m - x_k (= -shifted), or half of it where it overflows for finite m and x_k.
-    gap = -shifted
-    halve = (gap == jnp.inf) & jnp.isfinite(xm) & jnp.isfinite(m)
-    gap = jnp.where(halve, 0.5 * m - 0.5 * xm, gap)
-    coef = jnp.where(halve, 2.0 * tm, tm)
-    # The three row sums (S', the label total T, the value's terms) in one compensated pass.
-    # T's and the value's terms are >= 0 (labels in [0, 1], m - x_k >= 0), so their first
-    # stage adds a few terms plainly (see `_pairs_value`); S' must be compensated from the
-    # first addition on, since its exact 1 at the arg-max would absorb a tiny rest. (With
+    # The value's terms t_k (m - x_k), as (2 t_k)(m/2 - x_k/2): halving is exact, so this is the
+    # same product rounded the same way, and m/2 - x_k/2 cannot overflow for finite m and x_k
+    # (logits spanning more than the dtype's max: the loss stays finite whenever it is).
+    # shift_by_max keeps -inf entries (gap +inf, a term of 0 or +inf by safe_mul) and +inf
+    # rows as for `shifted`. (Subnormal halves are flushed by XLA, an absolute 1e-38.)
+    half_gap = -shift_by_max(0.5 * xm, 0.5 * m)
+    terms = safe_mul(2.0 * tm, half_gap)
+    # The three row sums: S' and the label total T compensated from the first addition (S'
+    # since its exact 1 at the arg-max would absorb a tiny rest; T since the gradient T p - t
+    # cancels where p ~ t: with a plain 8-term first stage a smoothed label's gradient at a
+    # +inf logit was 9.9 ulps off), and the value's terms (>= 0: labels in [0, 1],
+    # m - x_k >= 0), whose first stage adds a few terms plainly (see `_pairs_value`). With
     # `target_checks(False)` a negative label is accepted; its row's T is then accurate
-    # relative to the sum of |t|, not to T.) Measured
-    # (value + gradient, float32, 2-core CPU, jaxce/optax): 1.26 -> 0.99 at 1024 x 32768,
-    # 1.46 -> 1.16 at 64 x 262144; compiled temp memory 204 -> 140 MiB (optax 256).
-    e_pair, t_pair, v_pair = row_sum_pairs(
-        (e, t_in, safe_mul(coef, gap)), axes, True, (False, True, True)
-    )
+    # relative to the sum of |t|, not to T.
+    if staged_sums():
+        # XLA:CPU: two staged reductions, S' alone with 16 lanes (like the integer-label CE)
+        # and T with the terms with 8. One reduction of all three vectorizes only with 4
+        # lanes, and its four quarter-size partial-sum arrays cost more to write than the
+        # second read of x. Value + gradient, float32, 2-core CPU, jaxce/optax, interleaved:
+        # 1.31-1.48 -> 0.85-0.94 at 4096 x 32768, 1.11 -> 0.95-1.05 at 65536 x 1000,
+        # 1.26 -> 0.78 at 256 x 262144; compiled temp memory 432 -> 208, 225 -> 93,
+        # 216 -> 104 MiB (optax 512, 250, 512).
+        e_pair = row_sum_pair(e, axes, True, 16)
+        t_pair, v_pair = row_sum_pairs((t_in, terms), axes, True, (False, True), 8)
+    else:
+        # GPU / TPU: one variadic row reduction, fused with its producer (`staged_sums`).
+        e_pair, t_pair, v_pair = row_sum_pairs((e, t_in, terms), axes, True, (False, False, True))
     s1 = mass_from_pair(*e_pair, m)
     # The dominant class (unique arg-max with p > 1/2, i.e. S' < 1) gets its own form below.
     dominant = (shifted == 0) & (s1 < 1.0)
