@@ -65,7 +65,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _soft_ce_pieces(x, t, where, axes, check_targets=False):
+def _soft_ce_pieces(x, t, where, axes, check_targets=False, s_lanes=16):
     """Value, gradient wrt logits and gradient wrt labels of the soft-label cross-entropy.
 
     value = sum_k t_k (m - x_k) + T log1p(S'): every term is >= 0, nothing cancels. Each term
@@ -78,6 +78,7 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False):
     ``s - t_j`` exact when it is small (Sterbenz), evaluated in the gradient's elementwise pass.
     grad_t = -log p, 0 for absent classes (zero target and zero probability) and masked ones.
     With ``check_targets`` a label outside [0, 1] makes the row's value and grad_x NaN.
+    ``s_lanes``: the first-stage width of S' on CPU (16; 8 for 16-bit logits, see below).
     All of it is plain jnp code whose own derivatives are right, so JAX can differentiate the
     rule again for Hessians.
     """
@@ -109,10 +110,13 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False):
         # and T with the terms with 8. One reduction of all three vectorizes only with 4
         # lanes, and its four quarter-size partial-sum arrays cost more to write than the
         # second read of x. Value + gradient, float32, 2-core CPU, jaxce/optax, interleaved:
-        # 1.31-1.48 -> 0.85-0.94 at 4096 x 32768, 1.11 -> 0.95-1.05 at 65536 x 1000,
-        # 1.26 -> 0.78 at 256 x 262144; compiled temp memory 432 -> 208, 225 -> 93,
-        # 216 -> 104 MiB (optax 512, 250, 512).
-        e_pair = row_sum_pair(e, axes, True, 16)
+        # 1.31-1.48 -> 0.85-1.04 at 4096 x 32768, 1.11 -> 0.95-1.09 at 65536 x 1000,
+        # 1.26 -> 0.78-0.92 at 256 x 262144; compiled temp memory 432 -> 208, 225 -> 93,
+        # 216 -> 104 MiB (optax 512, 250, 512). For 16-bit logits S' takes 8 lanes: their
+        # conversion in the body stops the vectorization of 16 (20 at V = 1000): bfloat16
+        # 0.75 -> 0.44x optax at 65536 x 1000, 0.79 -> 0.64 at 4096 x 32768, 0.54 -> 0.49 at
+        # 256 x 262144 (in float32, 8 lanes are 1.0-1.1x slower than 16).
+        e_pair = row_sum_pair(e, axes, True, s_lanes)
         t_pair, v_pair = row_sum_pairs((t_in, terms), axes, True, (False, True), 8)
     else:
         # GPU / TPU: one variadic row reduction, fused with its producer (`staged_sums`).
@@ -145,21 +149,21 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False):
     return value, grad_x, grad_t
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _soft_ce_core(x, t, where, axes, check_targets=True):
-    return _soft_ce(x, t, where, axes, check_targets)
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _soft_ce_core(x, t, where, axes, check_targets=True, s_lanes=16):
+    return _soft_ce(x, t, where, axes, check_targets, s_lanes)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _soft_ce(x, t, where, axes, check_targets):
-    return _soft_ce_pieces(x, t, where, axes, check_targets)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+def _soft_ce(x, t, where, axes, check_targets, s_lanes):
+    return _soft_ce_pieces(x, t, where, axes, check_targets, s_lanes)[0]
 
 
 @functools.partial(_soft_ce.defjvp, symbolic_zeros=True)
-def _soft_ce_jvp(axes, check_targets, primals, tangents):
+def _soft_ce_jvp(axes, check_targets, s_lanes, primals, tangents):
     x, t, where = primals
     x_dot, t_dot, _ = tangents
-    value, grad_x, grad_t = _soft_ce_pieces(x, t, where, axes, check_targets)
+    value, grad_x, grad_t = _soft_ce_pieces(x, t, where, axes, check_targets, s_lanes)
     tangent = jnp.zeros_like(value)
     # Symbolic zeros let us skip a term entirely: grad_t is +inf where a positive target sits
     # on a zero-probability class, and 0 * inf would turn a plain d/dlogits into NaN.
@@ -268,7 +272,9 @@ def softmax_cross_entropy(
     check_probabilities("labels", t, mask)
     opts = _options(x, axes, weights, label_smoothing, z_loss)
     if opts.off and temperature is None and logit_soft_cap is None:
-        return _soft_ce_core(x, t, mask, axes, targets_checked())  # the plain path, unchanged
+        # the plain path, unchanged
+        s_lanes = 8 if jnp.dtype(jnp.result_type(logits)).itemsize < 4 else 16
+        return _soft_ce_core(x, t, mask, axes, targets_checked(), s_lanes)
     x = scale_logits(x, temperature=temperature, logit_soft_cap=logit_soft_cap)
     return _soft_ce_options(x, t, mask, opts, axes, targets_checked())
 
