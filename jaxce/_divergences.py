@@ -216,13 +216,17 @@ def _exp_times(lt: jax.Array, d: jax.Array) -> jax.Array:
     """
     zero = jnp.zeros((), lt.dtype)
     log_tiny = math.log(float(jnp.finfo(lt.dtype).tiny)) * (1.0 - 2.0**-8)
-    small = (lt < log_tiny) & (lt > -jnp.inf)
+    # `small` includes lt = -inf (a = 0, so the scaled branch gives 0 there, also for d = ±inf
+    # by the last select's lt > -inf). With `small` excluding -inf, XLA:CPU stored it as a
+    # [B, V] boolean array between two passes: 112 MiB of the 384 MiB temp memory of
+    # kl_divergence_with_log_targets at 4096 x 32768 (value + gradient; same time and bits).
+    small = lt < log_tiny
     e = jnp.exp(jnp.where(small, 0.25 * lt, lt))  # exp(lt/4) where small, else exp(lt)
     d_inf = jnp.isinf(d)
     a = jnp.where(small, e, zero)
     d_safe = jnp.where(small & ~d_inf, d, zero)
     scaled = (((a * d_safe) * a) * a) * a
-    scaled = jnp.where(d_inf, jax.lax.stop_gradient(d), scaled)
+    scaled = jnp.where(d_inf & (lt > -jnp.inf), jax.lax.stop_gradient(d), scaled)
     return jnp.where(small, scaled, safe_mul(jnp.where(small, zero, e), d))
 
 
