@@ -29,11 +29,11 @@ from jaxce._primitives import RowParts, row_parts, row_sum, safe_mul
 from jaxce._softmax import _coefficient, _soft_ce_core, _soft_ce_pieces
 from jaxce._validate import (
     check_nonnegative,
-    check_probabilities,
+    check_probability_targets,
     nan_where,
     negative,
     outside_unit_interval,
-    targets_checked,
+    strict_targets,
 )
 
 __all__ = ["poly_loss_cross_entropy", "softmax_focal_loss"]
@@ -140,7 +140,7 @@ def poly_loss_cross_entropy(
     ``+inf`` logit(s)                                      they share p       finite
     all classes masked / masked class                      0 / excluded       0
     NaN logit                                              NaN (that row)     NaN (that row)
-    label outside ``[0, 1]`` (see :func:`jaxce.checked`)   NaN (jit) / error  NaN
+    any real label (signed, ``> 1``): linear extension     exact              exact
     =====================================================  =================  =================
 
     Args:
@@ -174,8 +174,8 @@ def poly_loss_cross_entropy(
         raise TypeError(
             f"`epsilon` must be a real scalar; got dtype {eps.dtype}, shape {tuple(eps.shape)}."
         )
-    check_probabilities("labels", t, mask)
-    return _poly_core(x, t, mask, eps.astype(x.dtype), axes, targets_checked())
+    check_probability_targets("labels", t, mask)
+    return _poly_core(x, t, mask, eps.astype(x.dtype), axes, strict_targets())
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,8 +322,8 @@ def softmax_focal_loss(
     positive target on a ``-inf`` logit                    ``+inf``           finite
     all classes masked / masked class                      0 / excluded       0
     NaN logit                                              NaN (that row)     NaN (that row)
-    ``gamma < 0``, negative ``alpha``, label outside       NaN (jit) / error  NaN
-    ``[0, 1]`` (see :func:`jaxce.checked`)
+    ``gamma < 0``, negative ``alpha``                      NaN (jit) / error  NaN
+    any real label (signed, ``> 1``): linear extension     exact              exact
     =====================================================  =================  =================
 
     Args:
@@ -359,5 +359,5 @@ def softmax_focal_loss(
         else:
             a = class_weights("alpha", raw, tuple(x.shape), axes, x.dtype)
         check_nonnegative("alpha", raw)
-    check_probabilities("labels", t, mask)
-    return _focal_core(x, t, a, g, mask, axes, targets_checked())
+    check_probability_targets("labels", t, mask)
+    return _focal_core(x, t, a, g, mask, axes, strict_targets())

@@ -199,9 +199,11 @@ def log_sigmoid(x: ArrayLike) -> jax.Array:
 def safe_mul(x: ArrayLike, y: ArrayLike) -> jax.Array:
     r"""The product ``x * y``, with ``0 * y = 0`` even where ``y`` is ``±inf``.
 
-    Where ``x == 0`` (or ``x`` is subnormal and ``y`` is infinite) the value is 0 and the
-    derivatives with respect to ``x`` and ``y`` are both 0: the term is absent. A NaN ``y``
-    stays NaN (``0 · NaN = NaN``): a NaN input is never hidden by a zero target. This is the
+    Where ``y`` is infinite and ``x == 0`` (or subnormal) the value is 0 and the derivatives
+    with respect to ``x`` and ``y`` are both 0: the term is absent. Elsewhere it is the plain
+    product with its plain derivatives (``y`` and ``x``; so ``d/dx`` at ``x = 0`` is ``y``, as
+    a derivative with respect to a zero target must be). A NaN ``y`` stays NaN
+    (``0 · NaN = NaN``): a NaN input is never hidden by a zero target. This is the
     ``0 · (−inf) = 0`` convention of cross-entropy with a zero target on a class of zero
     probability (optax #896). It is written with the double ``where`` (replace the unsafe
     operand first, then multiply), which JAX's own derivative rules carry exactly to every
@@ -220,7 +222,7 @@ def safe_mul(x: ArrayLike, y: ArrayLike) -> jax.Array:
     # subnormals in arithmetic but not always in comparisons (seen with a bfloat16 label
     # of 9e-41 upcast inside jit), and subnormal * inf would come back as 0 * inf = NaN.
     tiny = jnp.finfo(jnp.result_type(x, y)).tiny if jnp.issubdtype(x.dtype, jnp.inexact) else 1
-    absent = ((x == 0) & ~jnp.isnan(y)) | (jnp.isinf(y) & (jnp.abs(x) < tiny))
+    absent = jnp.isinf(y) & (jnp.abs(x) < tiny)
     return x * jnp.where(absent, jnp.zeros((), y.dtype), y)
 
 
@@ -228,8 +230,9 @@ def xlogy(x: ArrayLike, y: ArrayLike) -> jax.Array:
     r"""``x * log(y)`` with ``0 · log 0 = 0`` in value *and* derivative.
 
     Unlike ``jax.scipy.special.xlogy``, whose derivative at ``x = y = 0`` is ``-inf`` with respect
-    to ``x`` and NaN with respect to ``y``, both derivatives here are 0 where ``x == 0`` (the
-    term is absent). Elsewhere the derivatives are ``log y`` and ``x / y``.
+    to ``x`` and NaN with respect to ``y``, both derivatives here are 0 where ``x == 0`` and ``y``
+    is not a positive number (the term is absent). Elsewhere the derivatives are ``log y`` and
+    ``x / y`` (so ``log y`` at ``x = 0 < y``).
 
     Args:
       x: the coefficient.
@@ -240,7 +243,7 @@ def xlogy(x: ArrayLike, y: ArrayLike) -> jax.Array:
     """
     x = _float_in(x)
     y = _float_in(y)
-    safe_y = jnp.where(x == 0, jnp.ones((), y.dtype), y)
+    safe_y = jnp.where((x == 0) & ~(y > 0), jnp.ones((), y.dtype), y)
     return safe_mul(x, jnp.log(safe_y))
 
 

@@ -34,10 +34,11 @@ from jaxce._validate import (
     check_class_indices,
     check_nonnegative,
     check_probabilities,
+    check_probability_targets,
     nan_where,
     negative,
     outside_unit_interval,
-    targets_checked,
+    strict_targets,
 )
 
 __all__ = ["binary_cross_entropy", "categorical_cross_entropy", "log_odds", "logit"]
@@ -134,9 +135,10 @@ def binary_cross_entropy(
     ``0<p<1``, ``p=t``                    entropy of ``t``        0 (exactly)
     ``p=1e-30, t=1``                      69.08 (Keras: 16.12)    ``-1e30`` (Keras: 0)
     ``weights=0`` on an infinite loss     0                       0
-    NaN prob or label                     ValueError / NaN (jit)  NaN (jit)
+    NaN prob                              ValueError / NaN (jit)  NaN (jit)
     subnormal ``p`` (float32)             as ``p = 0`` (flushed)  as ``p = 0``
-    prob or label outside ``[0, 1]``      ValueError / NaN (jit)  NaN (jit)
+    prob outside ``[0, 1]``               ValueError / NaN (jit)  NaN (jit)
+    label outside ``[0, 1]``              exact (affine in t)     exact
     negative ``weights``                  ValueError / NaN (jit)  NaN (jit)
     ====================================  ======================  ==========================
 
@@ -146,7 +148,8 @@ def binary_cross_entropy(
 
     Args:
       probs: predicted probabilities in ``[0, 1]``, any shape.
-      labels: targets in ``[0, 1]``, same rank as ``probs`` and broadcastable to it.
+      labels: targets, same rank as ``probs`` and broadcastable to it: probabilities, or any
+        real number (errors in strict mode only, see :func:`jaxce.target_checks`).
       weights: optional non-negative element weights broadcastable to ``probs`` (NumPy rules).
 
     Returns:
@@ -160,15 +163,15 @@ def binary_cross_entropy(
     shape = tuple(p.shape)
     t = same_rank_broadcast("labels", jnp.asarray(labels), shape, "probs").astype(p.dtype)
     check_probabilities("probs", p)
-    check_probabilities("labels", t)
+    check_probability_targets("labels", t)
     w = None if weights is None else _elementwise_weight("weights", weights, shape, p.dtype)
-    return _binary_core(p, t, w, targets_checked())
+    return _binary_core(p, t, w, strict_targets())
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
-def _binary_core(p, t, w, check):
-    if check:
-        p = _poison(outside_unit_interval(p), p)
+def _binary_core(p, t, w, strict):
+    p = _poison(outside_unit_interval(p), p)
+    if strict:
         t = nan_where(outside_unit_interval(t), t)
     if w is None:
         return _bce(p, t, jnp.ones((), p.dtype), False)
@@ -273,7 +276,8 @@ def categorical_cross_entropy(
     masked class (``where=False``)          excluded                0
     target class masked / all masked        0                       0
     NaN prob (unmasked)                     ValueError / NaN (jit)  NaN (jit)
-    prob / label outside ``[0, 1]``         ValueError / NaN (jit)  NaN (jit)
+    prob outside ``[0, 1]``                 ValueError / NaN (jit)  NaN (jit)
+    probability label outside ``[0, 1]``    exact (linear in t)     exact
     negative ``weights``                    ValueError / NaN (jit)  NaN (jit)
     integer label outside ``[0, C)``        ValueError / NaN (jit)  NaN (jit)
     ======================================  ======================  =========================
@@ -317,15 +321,15 @@ def categorical_cross_entropy(
         num_classes = math.prod(shape[a] for a in axes)
         check_class_indices("labels", lab, num_classes)
         onehot = _one_hot(lab, shape, axes, p.dtype)
-        return _categorical_core(p, onehot, mask, w, axes, targets_checked(), True)
+        return _categorical_core(p, onehot, mask, w, axes, False, True)
     if not jnp.issubdtype(lab.dtype, jnp.floating):
         raise TypeError(
             f"`labels` must be integer class indices or floating-point probabilities; got "
             f"dtype {lab.dtype}, shape {tuple(lab.shape)}."
         )
     t = same_rank_broadcast("labels", lab, shape, "probs").astype(p.dtype)
-    check_probabilities("labels", t, mask)
-    return _categorical_core(p, t, mask, w, axes, targets_checked(), False)
+    check_probability_targets("labels", t, mask)
+    return _categorical_core(p, t, mask, w, axes, strict_targets(), False)
 
 
 def _one_hot(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], dtype) -> jax.Array:
@@ -345,18 +349,17 @@ def _one_hot(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _categorical_core(p, t, mask, w, axes, check, integer):
-    if check:
-        # A probability or label outside [0, 1] on a kept class poisons its whole example:
-        # a NaN target on every class makes the value and every gradient component NaN (a
-        # NaN probability alone would vanish on a class whose target is 0, by xlogy's zero
-        # convention).
-        bad = outside_unit_interval(p)
-        if not integer:
-            bad = bad | outside_unit_interval(t)
-        if mask is not None:
-            bad = bad & mask
-        t = nan_where(jnp.broadcast_to(jnp.any(bad, axis=axes, keepdims=True), t.shape), t)
+def _categorical_core(p, t, mask, w, axes, strict, integer):
+    # A probability (or, in strict mode, a soft label) outside [0, 1] on a kept class poisons
+    # its whole example: a NaN target on every class makes the value and every gradient
+    # component NaN (a NaN probability alone would vanish on a class whose target is 0, by
+    # xlogy's zero convention).
+    bad = outside_unit_interval(p)
+    if strict and not integer:
+        bad = bad | outside_unit_interval(t)
+    if mask is not None:
+        bad = bad & mask
+    t = nan_where(jnp.broadcast_to(jnp.any(bad, axis=axes, keepdims=True), t.shape), t)
     if w is not None:
         t = safe_mul(nan_where(negative(w), w), t)
     if mask is not None:

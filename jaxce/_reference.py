@@ -64,6 +64,12 @@ kl_divergence_with_log_targets     Σ e^{lt_k}(lt_k − lp_k);           −e^{l
 
 Details:
 
+* Targets outside ``[0, 1]``: the cross-entropies (and the focal loss / PolyLoss) are linear in
+  their targets, so any real target has an exact value. A row whose targets are all ``>= 0`` (or
+  all ``<= 0``) has the κ of the table; a row with targets of both signs is scored as the
+  difference of its halves ``t = t⁺ − t⁻``, each held to the table's bound on its own:
+  ``|r| + κ = (|r⁺| + κ⁺) + (|r⁻| + κ⁻)`` (:func:`_mp_signed`). Binary CE takes any real ``t``
+  with the table's κ (its min(…) term in absolute values).
 * Cross-entropy: a class with ``t_k = 0`` contributes 0 to the value even when ``p_k = 0``; a class
   with ``t_k > 0`` and ``p_k = 0`` makes the value +inf. Empty row: value 0 if ``T == 0`` else +inf,
   gradient ``−t`` on unmasked classes. ``grad_t`` (not scored) is ``−log p_k`` on unmasked classes,
@@ -94,6 +100,7 @@ no digits beyond ``dps`` are needed and ``dps`` is never raised internally.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -401,19 +408,85 @@ def _mp_soft_ce(c: _MpRow, t: FloatArray, mp: Any) -> Ref:
     return Ref(mk(value), [mk(v) for v in g], mk(kappa), [mk(v) for v in kg], [mk(v) for v in gt])
 
 
+def _split(t: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """``t⁺ = max(t, 0)`` and ``t⁻ = max(−t, 0)``, so that ``t = t⁺ − t⁻``."""
+    return np.where(t > 0, t, 0.0), np.where(t < 0, -t, 0.0)
+
+
+def _mp_signed(fn: Any, t: FloatArray, mp: Any) -> Ref:
+    """The reference of a loss linear in its targets, for a row whose targets have both signs.
+
+    ``r(t) = r(t⁺) − r(t⁻)``, and each half is held to the standard on its own: the error is
+    scored against ``(|r⁺| + κ⁺) + (|r⁻| + κ⁻)``, i.e. ``κ`` is that sum minus ``|r|`` (for
+    the value and every gradient component alike). Where the targets share one sign this is
+    the half's own ``|r| + κ``. The difference of two cross-entropies can cancel far below the
+    rounding of either (``t = [1, -1, 0]``, ``x = [0, 1e-3, 100]``: ``r = 1e-3``), which no
+    formulation shifted by the row max avoids, nor optax's ``log_softmax``.
+    """
+    pos, neg = _split(t)
+    a, b = fn(pos), fn(neg)
+
+    def comb(ra: Any, ka: Any, rb: Any, kb: Any) -> tuple[Any, Any]:
+        v = ra - rb
+        if not mp.isfinite(v):
+            return v, mp.mpf(0)
+        return v, abs(ra) + ka + abs(rb) + kb - abs(v)
+
+    value, kappa = comb(a.value, a.kappa, b.value, b.kappa)
+    grad = kg = None
+    if a.grad is not None:
+        pairs = [
+            comb(ga, ka, gb, kb)
+            for ga, ka, gb, kb in zip(a.grad, a.kappa_grad, b.grad, b.kappa_grad, strict=True)
+        ]
+        grad, kg = [g for g, _ in pairs], [k for _, k in pairs]
+    grad_t = None
+    if a.grad_t is not None:
+        grad_t = [gb if tk < 0 else ga for ga, gb, tk in zip(a.grad_t, b.grad_t, t, strict=True)]
+    return Ref(value, grad, kappa, kg, grad_t)
+
+
+def _np_signed(fn: Any, t: FloatArray) -> Ref:
+    """:func:`_mp_signed` for the numpy references: rows ``[..., V]`` with targets of both
+    signs are scored as the difference of their halves; the other rows are unchanged."""
+    pos, neg = _split(t)
+    a, b = fn(pos), fn(neg)
+    signed = np.any(neg > 0, axis=-1)
+
+    def comb(ra: Any, ka: Any, rb: Any, kb: Any, rows: Any) -> tuple[Any, Any]:
+        with np.errstate(invalid="ignore"):
+            v = ra - rb
+            k = np.where(np.isfinite(v), np.abs(ra) + ka + np.abs(rb) + kb - np.abs(v), 0.0)
+        return np.where(rows, v, ra), np.where(rows, k, ka)
+
+    value, kappa = comb(a.value, a.kappa, b.value, b.kappa, signed)
+    grad = kg = grad_t = None
+    if a.grad is not None:
+        grad, kg = comb(a.grad, a.kappa_grad, b.grad, b.kappa_grad, signed[..., None])
+    if a.grad_t is not None:
+        grad_t = np.where(t < 0, b.grad_t, a.grad_t)
+    return Ref(value, grad, kappa, kg, grad_t)
+
+
 def mp_softmax_cross_entropy(
     x: npt.ArrayLike,
     t: npt.ArrayLike,
     where: npt.ArrayLike | None = None,
     dps: int = DEFAULT_DPS,
 ) -> Ref:
-    """Soft-label softmax cross-entropy of one row (t ≥ 0, any total T); grad_t = −log p."""
+    """Soft-label softmax cross-entropy of one row (any real targets); grad_t = −log p.
+
+    Targets of both signs are scored as the difference of their halves (:func:`_mp_signed`).
+    """
     xr = _as_row(x)
     tr = _as_row(t, "t")
     if tr.shape != xr.shape:
         raise ValueError("x and t must have the same shape")
     with _workdps(dps) as mp:
-        return _mp_soft_ce(_mp_core(xr, where, mp), tr, mp)
+        core = _mp_core(xr, where, mp)
+        if np.any(tr < 0):
+            return _mp_signed(lambda half: _mp_soft_ce(core, half, mp), tr, mp)
+        return _mp_soft_ce(core, tr, mp)
 
 
 def mp_softmax_cross_entropy_with_integer_labels(
@@ -543,7 +616,7 @@ def mp_sigmoid(x: npt.ArrayLike, dps: int = DEFAULT_DPS) -> Ref:
 def mp_sigmoid_binary_cross_entropy(
     x: npt.ArrayLike, t: npt.ArrayLike, dps: int = DEFAULT_DPS
 ) -> Ref:
-    """Binary CE from logits, elementwise over broadcast (x, t), t in [0, 1]."""
+    """Binary CE from logits, elementwise over broadcast (x, t), any real t."""
     with _workdps(dps) as mp:
         zero = mp.mpf(0)
 
@@ -554,8 +627,8 @@ def mp_sigmoid_binary_cross_entropy(
             t = mp.mpf(tf)
             omt = 1 - t
             value = _mul(omt, s.sp, s.fin) + _mul(t, s.spn, s.fin)
-            m1 = omt * s.s + t * s.sn  # magnitude bound of the (1−t)σ(x) − tσ(−x) form
-            m2 = s.s + t  # magnitude bound of the σ(x) − t form
+            m1 = abs(omt) * s.s + abs(t) * s.sn  # magnitude bound of (1−t)σ(x) − tσ(−x)
+            m2 = s.s + abs(t)  # magnitude bound of the σ(x) − t form
             g = omt * s.s - t * s.sn if m1 <= m2 else s.s - t
             kappa = _mul(s.ax, abs(s.s - t), s.fin)
             kg = _mul(s.ss, s.ax, s.fin) + min(m1, m2)
@@ -858,7 +931,13 @@ def np_softmax_cross_entropy(
     xa = np.asarray(x, dtype=np.float64)
     ta = np.broadcast_to(np.asarray(t, dtype=np.float64), xa.shape)
     x2, act = _np_2d(xa, where)
-    value, g, kappa, kg, gt = _np_soft_ce(_np_core(x2, act), ta.reshape(x2.shape))
+    core = _np_core(x2, act)
+    t2 = ta.reshape(x2.shape)
+    if np.any(t2 < 0):
+        r = _np_signed(lambda h: Ref(*_np_soft_ce(core, h)), t2)
+        value, g, kappa, kg, gt = r.value, r.grad, r.kappa, r.kappa_grad, r.grad_t
+    else:
+        value, g, kappa, kg, gt = _np_soft_ce(core, t2)
     lead = xa.shape[:-1]
     return Ref(
         value.reshape(lead),
@@ -957,8 +1036,8 @@ def np_sigmoid_binary_cross_entropy(x: npt.ArrayLike, t: npt.ArrayLike) -> Ref:
     s = _np_sig(xb)
     omt = 1.0 - tb
     value = _np_mul0(omt, s["sp"]) + _np_mul0(tb, s["spn"])
-    m1 = omt * s["s"] + tb * s["sn"]
-    m2 = s["s"] + tb
+    m1 = np.abs(omt) * s["s"] + np.abs(tb) * s["sn"]
+    m2 = s["s"] + np.abs(tb)
     g = np.where(m1 <= m2, omt * s["s"] - tb * s["sn"], s["s"] - tb)
     kappa = _np_mul0(s["ax"], np.abs(s["s"] - tb))
     kg = _np_mul0(s["ss"], s["ax"]) + np.minimum(m1, m2)
@@ -1271,10 +1350,15 @@ def mp_softmax_focal_loss(
     al = np.ones(V) if alpha is None else np.broadcast_to(np.asarray(alpha, np.float64), (V,))
     with _workdps(dps) as mp:
         xs = [mp.mpf(float(v)) if np.isfinite(v) else -mp.inf for v in xr.tolist()]
-        a = [mp.mpf(float(al[k])) * mp.mpf(float(tr[k])) for k in range(V)]
         g_ = mp.mpf(gamma)
         eps = mp.mpf(epsilon)
-        return _mp_focal_ref(_mp_focal_value_grad, xs, a, g_, eps, kind, mp, dps)
+
+        def half(th: FloatArray) -> Ref:
+            a = [mp.mpf(float(al[k])) * mp.mpf(float(th[k])) for k in range(V)]
+            return _mp_focal_ref(_mp_focal_value_grad, xs, a, g_, eps, kind, mp, dps)
+
+        # Linear in the targets: signed rows are scored as the difference of their halves.
+        return _mp_signed(half, tr, mp) if np.any(tr < 0) else half(tr)
 
 
 def mp_poly_loss_cross_entropy(
@@ -1637,7 +1721,8 @@ def mp_weighted_sigmoid_binary_cross_entropy(
 ) -> Ref:
     """(1 − t)·sp(x) + p_w·t·sp(−x); grad (1 − t)σ(x) − p_w·t·σ(−x) (PyTorch's pos_weight).
 
-    κ = |x·g|; κ_grad = ((1 − t) + p_w t)σ(x)σ(−x)|x| + ((1 − t)σ(x) + p_w t σ(−x)) (the two
+    Any real t. κ = |x·g|; κ_grad = (|1 − t| + p_w|t|)σ(x)σ(−x)|x| + (|1 − t|σ(x) +
+    p_w|t|σ(−x)) (the two
     summands of the gradient are computed separately; with p_w = 1 the BCE row's min(...) form
     may be smaller, this one is the one the weighted form reaches).
     """
@@ -1653,7 +1738,7 @@ def mp_weighted_sigmoid_binary_cross_entropy(
             value = _mul(a, s.sp, s.fin) + _mul(b, s.spn, s.fin)
             g = a * s.s - b * s.sn
             kappa = _mul(s.ax, abs(g), s.fin)
-            kg = _mul((a + b) * s.ss, s.ax, s.fin) + a * s.s + b * s.sn
+            kg = _mul((abs(a) + abs(b)) * s.ss, s.ax, s.fin) + abs(a) * s.s + abs(b) * s.sn
             return Ref(value, g, kappa, kg)
 
         return _mp_elementwise(one, x, t, pos_weight)
@@ -1673,6 +1758,9 @@ def mp_sigmoid_focal_loss(
     tσ(−x)| bound min(σ + t, (1 − t)σ + tσ(−x)) + γ|1 − 2t| r BCE) (the magnitudes of the two
     summands, which can cancel for soft labels). ∂grad/∂x by mpmath's numerical
     differentiation at the working precision. At ±inf every field is the exact limit, κ = 0.
+    Labels outside [0, 1] are allowed; where they make ``1 − p_t < 0`` the focal weight
+    ``(1 − p_t)^γ`` is not real for ``γ > 0`` and every field is NaN (as optax's log-space
+    form gives); ``γ = 0`` is the weight 1 there too.
     """
     with _workdps(dps) as mp:
         zero, one_ = mp.mpf(0), mp.mpf(1)
@@ -1694,7 +1782,10 @@ def mp_sigmoid_focal_loss(
             if math.isinf(xf):
                 # Wrong-side label mass c: the loss is c·inf·(c^γ) -> inf if c > 0, else 0.
                 c = (1 - t) if xf > 0 else t
-                value = mp.inf if (c > 0 and at > 0) else zero
+                if c < 0 and gam != 0:  # 1 - p_t = c < 0: (1 - p_t)^γ is not real
+                    return Ref(mp.nan, mp.nan, zero, zero)
+                # BCE = c·inf: the value is at·c^γ·c·inf (0 where c or at is 0).
+                value = mp.sign(at * c) * mp.inf if c != 0 and at != 0 else zero
                 g = zero if c == 0 else (at * c**gam * (1 if xf > 0 else -1) * c)
                 # (1 - t)σ - tσ(-x) at +inf is 1 - t = c; at -inf it is -t = -c; r·ce -> 0.
                 return Ref(value, g, zero, zero)
@@ -1707,14 +1798,16 @@ def mp_sigmoid_focal_loss(
                 return at * w * ((1 - t) * s - t * sn + gam * (1 - 2 * t) * r * ce)
 
             s, sn, ce, q = parts(xm, t)
+            if q < 0 and gam != 0:
+                return Ref(mp.nan, mp.nan, zero, zero)
             w = q**gam
             r = s * sn / q
             value = at * w * ce
             g = grad(xm)
             h = mp.diff(grad, xm)
             kappa = abs(xm * g)
-            bce_mag = min(s + t, (1 - t) * s + t * sn)
-            kg = abs(xm * h) + at * w * (bce_mag + gam * abs(1 - 2 * t) * r * ce)
+            bce_mag = min(s + abs(t), abs(1 - t) * s + abs(t) * sn)
+            kg = abs(xm * h) + abs(at) * w * (bce_mag + gam * abs(1 - 2 * t) * r * abs(ce))
             return Ref(value, g, kappa, kg)
 
         return _mp_elementwise(one, x, t)
@@ -1723,12 +1816,13 @@ def mp_sigmoid_focal_loss(
 def mp_binary_cross_entropy_probs(
     p: npt.ArrayLike, t: npt.ArrayLike, dps: int = DEFAULT_DPS
 ) -> Ref:
-    """−t log p − (1 − t) log(1 − p) on probabilities; grad −t/p + (1 − t)/(1 − p).
+    """−t log p − (1 − t) log(1 − p) on probabilities, any real t; grad −t/p + (1 − t)/(1 − p).
 
-    κ = |p·grad| (a relative perturbation of p); κ_grad = p·(t/p² + (1 − t)/(1 − p)²) +
-    (t/p + (1 − t)/(1 − p)) (the magnitudes of the two summands of the gradient, which cancel
-    near p = t). Zero coefficients remove their terms (0·log 0 = 0); a positive one on a zero
-    argument gives +inf value and an infinite gradient (κ 0: exact).
+    κ = |p·grad| (a relative perturbation of p); κ_grad = p·(|t|/p² + |1 − t|/(1 − p)²) +
+    (|t|/p + |1 − t|/(1 − p)) (the magnitudes of the two summands of the gradient, which cancel
+    near p = t). Zero coefficients remove their terms (0·log 0 = 0); a non-zero one on a zero
+    argument gives an infinite value (of the coefficient's sign) and an infinite gradient (κ 0:
+    exact).
     """
     with _workdps(dps) as mp:
         zero = mp.mpf(0)
@@ -1738,15 +1832,16 @@ def mp_binary_cross_entropy_probs(
                 return Ref(mp.nan, mp.nan, zero, zero)
             p, t = mp.mpf(pf), mp.mpf(tf)
             q, u = 1 - p, 1 - t
-            if (t > 0 and p == 0) or (u > 0 and q == 0):
-                g = -mp.inf if (t > 0 and p == 0) else mp.inf
-                return Ref(mp.inf, g, zero, zero)
-            value = (-t * mp.log(p) if t > 0 else zero) + (-u * mp.log1p(-p) if u > 0 else zero)
-            a = t / p if t > 0 else zero
-            b = u / q if u > 0 else zero
+            if t != 0 and p == 0:  # -t·log 0 = sign(t)·inf
+                return Ref(mp.sign(t) * mp.inf, -mp.sign(t) * mp.inf, zero, zero)
+            if u != 0 and q == 0:
+                return Ref(mp.sign(u) * mp.inf, mp.sign(u) * mp.inf, zero, zero)
+            value = (-t * mp.log(p) if t != 0 else zero) + (-u * mp.log1p(-p) if u != 0 else zero)
+            a = t / p if t != 0 else zero
+            b = u / q if u != 0 else zero
             g = b - a
-            h = (t / p**2 if t > 0 else zero) + (u / q**2 if u > 0 else zero)
-            return Ref(value, g, abs(p * g), p * h + a + b)
+            h = (abs(t) / p**2 if t != 0 else zero) + (abs(u) / q**2 if u != 0 else zero)
+            return Ref(value, g, abs(p * g), p * h + abs(a) + abs(b))
 
         return _mp_elementwise(one, p, t)
 
@@ -1777,6 +1872,8 @@ def mp_categorical_cross_entropy_probs(
 ) -> Ref:
     """−Σ_k w_k t_k log p_k on ONE row of probabilities (used as given, not renormalized).
 
+    Targets of both signs are scored as the difference of their halves (:func:`_mp_signed`).
+
     grad_k = −w_k t_k / p_k. κ = Σ_k w_k t_k (= Σ |p_k·grad_k|, a relative perturbation of
     every p_k); κ_grad_k = |p_k·∂grad_k/∂p_k| = w_k t_k / p_k = |grad_k| (each component is
     one quotient: it is scored relative to itself). A class with ``w_k t_k == 0`` or masked
@@ -1786,6 +1883,13 @@ def mp_categorical_cross_entropy_probs(
     """
     pa = _as_row(p, "p")
     ta = np.broadcast_to(np.asarray(t, dtype=np.float64), pa.shape)
+    if np.any(ta < 0):
+        # Linear in the targets: a signed row is scored as the difference of its halves.
+        with _workdps(dps) as mp:
+            half = functools.partial(
+                mp_categorical_cross_entropy_probs, pa, weights=weights, where=where, dps=dps
+            )
+            return _mp_signed(half, np.array(ta), mp)
     wa = (
         np.ones(pa.shape)
         if weights is None
@@ -1890,10 +1994,14 @@ def mp_softmax_focal_loss_linear(
     V = xr.shape[0]
     with _workdps(dps) as mp:
         xs = [mp.mpf(float(v)) if np.isfinite(v) else -mp.inf for v in xr.tolist()]
-        a = [mp.mpf(float(tr[k])) for k in range(V)]
         g_ = mp.mpf(gamma)
         eps = mp.mpf(epsilon)
-        return _mp_focal_ref(_mp_focal_value_grad_linear, xs, a, g_, eps, kind, mp, dps)
+
+        def half(th: FloatArray) -> Ref:
+            a = [mp.mpf(float(th[k])) for k in range(V)]
+            return _mp_focal_ref(_mp_focal_value_grad_linear, xs, a, g_, eps, kind, mp, dps)
+
+        return _mp_signed(half, tr, mp) if np.any(tr < 0) else half(tr)
 
 
 def _mp_focal_ref(value_grad: Any, xs, a, g_, eps, kind: str, mp: Any, dps: int) -> Ref:

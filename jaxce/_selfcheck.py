@@ -42,12 +42,18 @@ import numpy as np
 
 import jaxce
 from jaxce import _reference as ref
-from jaxce._grid import BINARY_LABELS, RowBatch, elementwise_grid, softmax_grid
+from jaxce._grid import (
+    NONNEGATIVE_KINDS,
+    REAL_BINARY_LABELS,
+    TARGET_KINDS,
+    RowBatch,
+    elementwise_grid,
+    softmax_grid,
+)
 
 __all__ = ["main", "run"]
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-SOFT_KINDS = ("one-hot", "smoothed", "dirichlet", "sparse-dirichlet")
 
 
 def unit_roundoff(dtype: Any) -> float:
@@ -72,7 +78,8 @@ class Spec:
     """One checked function.
 
     ``kind`` is ``"elementwise"`` (x), ``"binary"`` (x, t), or ``"row"`` (a class axis, last).
-    ``labels`` is None, ``"int"`` or ``"soft"`` (every soft-label kind of the grid, stacked).
+    ``labels`` is None, ``"int"`` or ``"soft"`` (the grid's target kinds ``kinds``, stacked:
+    every kind for the cross-entropies, the non-negative ones for the KL divergences).
     ``per_class`` row outputs score the value only; other outputs score value and gradient wrt
     the first argument. ``inputs="log-probs"`` feeds log_softmax of the row (the KL functions);
     ``log_labels`` passes log-targets.
@@ -86,6 +93,7 @@ class Spec:
     masks: bool = True
     inputs: str = "logits"
     log_labels: bool = False
+    kinds: tuple[str, ...] = TARGET_KINDS
 
 
 SPECS: tuple[Spec, ...] = (
@@ -99,7 +107,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("softmax_cross_entropy_with_integer_labels", "optax", "row", labels="int"),
     Spec("softmax_cross_entropy", "optax", "row", labels="soft"),
     Spec("safe_softmax_cross_entropy", "optax", "row", labels="soft", masks=False),
-    Spec("kl_divergence", "optax", "row", labels="soft", inputs="log-probs"),
+    Spec(
+        "kl_divergence", "optax", "row", labels="soft", inputs="log-probs", kinds=NONNEGATIVE_KINDS
+    ),
     Spec(
         "kl_divergence_with_log_targets",
         "optax",
@@ -107,6 +117,7 @@ SPECS: tuple[Spec, ...] = (
         labels="soft",
         inputs="log-probs",
         log_labels=True,
+        kinds=NONNEGATIVE_KINDS,
     ),
 )
 
@@ -183,11 +194,11 @@ def _row_inputs(spec: Spec, batch: RowBatch, dtype: str) -> Inputs:
         return Inputs(batch.name, batch.num_classes, x, None, where)
     if spec.labels == "int":
         return Inputs(batch.name, batch.num_classes, x, batch.y, where)
-    t = np.concatenate([batch.soft[k] for k in SOFT_KINDS])
+    t = np.concatenate([batch.soft[k] for k in spec.kinds])
     if spec.log_labels:
         with np.errstate(divide="ignore"):
             t = np.log(t)
-    reps = len(SOFT_KINDS)
+    reps = len(spec.kinds)
     x = np.tile(x, (reps, 1))
     where = None if where is None else np.tile(where, (reps, 1))
     return Inputs(batch.name, batch.num_classes, x, _cast(t, dtype), where)
@@ -198,7 +209,7 @@ def _inputs(spec: Spec, dtype: str, classes: Sequence[int], rows: int) -> Iterat
         yield Inputs("logit grid", 1, _cast(elementwise_grid(), dtype), None, None)
         return
     if spec.kind == "binary":
-        xs, ts = np.meshgrid(elementwise_grid(), BINARY_LABELS, indexing="ij")
+        xs, ts = np.meshgrid(elementwise_grid(), REAL_BINARY_LABELS, indexing="ij")
         yield Inputs(
             "logit x label grid", 1, _cast(xs.ravel(), dtype), _cast(ts.ravel(), dtype), None
         )

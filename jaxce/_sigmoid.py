@@ -22,11 +22,11 @@ from jaxce._validate import (
     _report,
     _wanted,
     check_nonnegative,
-    check_probabilities,
+    check_probability_targets,
     nan_where,
     negative,
     outside_unit_interval,
-    targets_checked,
+    strict_targets,
 )
 
 __all__ = ["sigmoid_binary_cross_entropy", "sigmoid_focal_loss"]
@@ -127,7 +127,7 @@ def sigmoid_binary_cross_entropy(
     ``weights=0`` on an infinite loss        0                       0
     ``x=+inf`` with ``logit_soft_cap=c``     ``(1-t)·softplus(c)``…  0
     NaN logit                                NaN                     NaN
-    label outside ``[0, 1]``                 ValueError / NaN (jit)  NaN (jit)
+    label outside ``[0, 1]``                 exact (affine in t)     exact
     negative ``weights``/``pos_weight``      ValueError / NaN (jit)  NaN (jit)
     ``label_smoothing`` outside ``[0, 1]``   ValueError / NaN (jit)  NaN (jit)
     =======================================  ======================  ==================
@@ -136,7 +136,9 @@ def sigmoid_binary_cross_entropy(
 
     Args:
       logits: any shape; each element is the logit of an independent binary event.
-      labels: targets in ``[0, 1]``, same rank as ``logits`` and broadcastable to it.
+      labels: targets, same rank as ``logits`` and broadcastable to it: probabilities, or
+        any real number (the loss is affine in its label; errors in strict mode only, see
+        :func:`jaxce.target_checks`).
       weights: optional non-negative element weights, broadcastable to ``logits`` (NumPy
         rules), e.g. ``[batch, 1]`` per example or ``[num_classes]`` per class.
       pos_weight: optional non-negative weight of the positive term, broadcastable to
@@ -159,7 +161,7 @@ def sigmoid_binary_cross_entropy(
     x = float_array("logits", logits)
     shape = tuple(x.shape)
     t = same_rank_broadcast("labels", jnp.asarray(labels), shape).astype(x.dtype)
-    check_probabilities("labels", t)
+    check_probability_targets("labels", t)
     if (
         weights is None
         and pos_weight is None
@@ -167,7 +169,7 @@ def sigmoid_binary_cross_entropy(
         and logit_soft_cap is None
         and temperature is None
     ):
-        return _bce_core(x, t, targets_checked())
+        return _bce_core(x, t, strict_targets())
     x = scale_logits(x, temperature=temperature, logit_soft_cap=logit_soft_cap)
     eps = (
         None
@@ -180,21 +182,29 @@ def sigmoid_binary_cross_entropy(
         if pos_weight is None
         else _elementwise_weight("pos_weight", pos_weight, shape, x.dtype)
     )
-    return _bce_extended_core(x, t, eps, w, pw, targets_checked())
+    return _bce_extended_core(x, t, eps, w, pw, strict_targets())
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
-def _bce_core(x: jax.Array, t: jax.Array, check_targets: bool = True) -> jax.Array:
+def _bce_core(x: jax.Array, t: jax.Array, check_targets: bool = False) -> jax.Array:
     if check_targets:
-        t = nan_where(outside_unit_interval(t), t)  # a label outside [0, 1]: NaN, not a number
+        t = nan_where(outside_unit_interval(t), t)  # strict mode: a label outside [0, 1] is NaN
     return _bce(x, t)
 
 
-def _bce_terms(t: jax.Array, x: jax.Array, tail: jax.Array) -> jax.Array:
-    """``(1 - t)·softplus(x) + t·softplus(-x)`` from ``tail = log1p(exp(-|x|))``: the
-    softplus are ``max(±x, 0) + tail``, so the value is ``tail + (1 - t)·x`` for ``x >= 0`` and
-    ``tail + t·(-x)`` below (non-negative terms for labels in [0, 1]; ``0·inf = 0``)."""
-    return jnp.where(x >= 0, tail + safe_mul(1.0 - t, x), tail + safe_mul(t, -x))
+def _bce_terms(
+    t: jax.Array, x: jax.Array, tail: jax.Array, b: jax.Array | None = None
+) -> jax.Array:
+    """``(1 - t)·softplus(x) + b·softplus(-x)`` (``b = t``, or ``pos_weight·t``) from
+    ``tail = log1p(exp(-|x|))``: the softplus are ``max(±x, 0) + tail``, so the value is
+    ``k·tail + (1 - t)·x`` for ``x >= 0`` and ``k·tail + b·(-x)`` below, ``k = (1 - t) + b``
+    (1 for ``b = t``). Non-negative terms for labels in [0, 1]; outside, the two terms can
+    cancel only where the loss's own condition number is as large (``0·inf = 0``)."""
+    if b is None:
+        return jnp.where(x >= 0, tail + safe_mul(1.0 - t, x), tail + safe_mul(t, -x))
+    a = 1.0 - t
+    shared = safe_mul(a + b, tail)
+    return jnp.where(x >= 0, shared + safe_mul(a, x), shared + safe_mul(b, -x))
 
 
 @jax.custom_jvp
@@ -221,6 +231,25 @@ def _bce_jvp(primals, tangents):
     return value, grad_x * x_dot + t_tangent
 
 
+@jax.custom_jvp
+def _bce_pos_weighted(x: jax.Array, t: jax.Array, pw: jax.Array) -> jax.Array:
+    """``(1 - t)·softplus(x) + pw·t·softplus(-x)`` in :func:`_bce_terms`' select form."""
+    return _bce_terms(t, x, softplus_tail(x), safe_mul(t, pw))
+
+
+@_bce_pos_weighted.defjvp
+def _bce_pos_weighted_jvp(primals, tangents):
+    x, t, pw = primals
+    x_dot, t_dot, pw_dot = tangents
+    tail = softplus_tail(x)
+    value, tp_tangent = jax.jvp(
+        lambda tt, ww: _bce_terms(tt, x, tail, safe_mul(tt, ww)), (t, pw), (t_dot, pw_dot)
+    )
+    s_pos, s_neg = sigmoid_pair(x)
+    grad_x = safe_mul(1.0 - t, s_pos) - safe_mul(safe_mul(t, pw), s_neg)
+    return value, grad_x * x_dot + tp_tangent
+
+
 @functools.partial(jax.jit, static_argnums=(5,))
 def _bce_extended_core(
     x: jax.Array,
@@ -237,8 +266,7 @@ def _bce_extended_core(
         t = (1.0 - eps) * t + 0.5 * eps
     # The positive coefficient pw·t' is itself a product with the zero convention: pw = inf on
     # a zero label is an absent term, not NaN.
-    pos = t if pw is None else safe_mul(t, nan_where(negative(pw), pw))
-    loss = safe_mul(1.0 - t, softplus(x)) + safe_mul(pos, softplus(-x))
+    loss = _bce(x, t) if pw is None else _bce_pos_weighted(x, t, nan_where(negative(pw), pw))
     if w is not None:
         loss = safe_mul(nan_where(negative(w), w), loss)
     return loss
@@ -250,11 +278,17 @@ def _bce_extended_core(
 
 
 def _sides(x: jax.Array, t: jax.Array):
-    """``a = |x|``, ``e = exp(-a)``, and the label mass on each side of the logit.
+    """``a = |x|``, ``e = exp(-a)``, the label mass on each side of the logit, and ``n``.
 
     ``c`` is the mass on the *wrong* side (``1 - t`` for ``x >= 0``, ``t`` for ``x < 0``) and
     ``cc = 1 - c`` the mass on the right side, each taken directly from ``t`` (``t`` itself,
     or one rounding of ``1 - t``), never as ``1 - c``: that would round ``t`` twice.
+    ``n = c + cc·e = (1 + e)(1 - p_t)``: for labels in ``[0, 1]`` both terms are ``>= 0``; for
+    a label outside, ``c`` and ``cc`` have opposite signs and that sum can cancel (``t = 100``,
+    ``x = -1e-4``: 100 ulps). ``n = 1 - cc·m`` with ``m = 1 - e = -expm1(-a)`` is the same
+    number; each form's rounding is about ``u`` times the magnitude of its terms
+    (``|c| + |cc|·e`` or ``1 + |cc|·m``), and the smaller is taken (always the first for labels
+    in ``[0, 1]``, where it is at most ``1 - cc·m``).
     """
     nonneg = x >= 0
     a = jnp.where(nonneg, x, -x)  # |x| whose derivative at 0 is +1 (the x >= 0 branch)
@@ -262,33 +296,31 @@ def _sides(x: jax.Array, t: jax.Array):
     omt = 1.0 - t
     c = jnp.where(nonneg, omt, t)
     cc = jnp.where(nonneg, t, omt)
-    return nonneg, a, e, c, cc
+    m = -jnp.expm1(-a)
+    direct = jnp.abs(c) + jnp.abs(cc) * e <= 1.0 + jnp.abs(cc) * m
+    n = jnp.where(direct, c + cc * e, 1.0 - cc * m)
+    return nonneg, a, e, c, cc, n, m
 
 
 def _focal_parts(x: jax.Array, t: jax.Array):
     """The pieces of the focal loss, all plain jnp (so JAX can differentiate the rule again).
 
-    With ``a``, ``e``, ``c``, ``c'`` of :func:`_sides`:
+    With ``a``, ``e``, ``c``, ``c'``, ``n`` of :func:`_sides`:
 
-    * ``1 - p_t = t σ(-x) + (1 - t) σ(x) = (c + c' e) / (1 + e)``, so
-      ``L = log(1 - p_t) = log(c + c' e) - softplus(-a)``; for ``c = 0`` the first term is
+    * ``1 - p_t = t σ(-x) + (1 - t) σ(x) = n / (1 + e)``, so
+      ``L = log(1 - p_t) = log(n) - softplus(-a)``; for ``c = 0`` the first term is
       ``-a`` exactly (no ``log(exp(-a))`` underflow);
-    * ``r = σ(x)σ(-x) / (1 - p_t) = 1 / (1 + t e^{-x} + (1 - t) e^{x}) = σ(-a) / (c + c' e)``,
-      bounded by 1, and ``dL/dx = (1 - 2t) r``. At ``c = 0`` it is ``σ(a)`` (1 at ``±inf``).
+    * ``r = σ(x)σ(-x) / (1 - p_t) = 1 / (1 + t e^{-x} + (1 - t) e^{x}) = σ(-a) / n``,
+      bounded by 1 for labels in ``[0, 1]``, and ``dL/dx = (1 - 2t) r``. At ``c = 0`` it is
+      ``σ(a)`` (1 at ``±inf``).
     """
-    _, a, e, c, cc = _sides(x, t)
+    _, a, _, c, _, n, _ = _sides(x, t)
     sure = c == 0  # the label sits entirely on the logit's side
-    n = jnp.where(sure, jnp.ones((), x.dtype), c + cc * e)
+    n = jnp.where(sure, jnp.ones((), x.dtype), n)
     log_n = jnp.where(sure, -a, jnp.log(n))
     big_l = log_n - softplus(-a)
     r = jnp.where(sure, _sigmoid(a), _sigmoid(-a) / n)
     return big_l, r
-
-
-def _one_minus_pt(x: jax.Array, t: jax.Array) -> jax.Array:
-    """``1 - p_t = (c + c' e) / (1 + e)`` (see :func:`_focal_parts`), no cancellation."""
-    _, _, e, c, cc = _sides(x, t)
-    return (c + cc * e) / (1.0 + e)
 
 
 def _alpha_t(alpha: jax.Array, t: jax.Array) -> jax.Array:
@@ -309,18 +341,25 @@ def _focal_pieces(x, t, alpha, gamma):
     4.7 ulps in float64 at ``x = 2.5e-4, t = 1e-7, α = 0.75, γ = 1``).
     """
     zero = jnp.zeros((), x.dtype)
-    nonneg, a, e, c, cc = _sides(x, t)
+    nonneg, a, e, c, _, n, m = _sides(x, t)
     # BCE = (1 - t) softplus(x) + t softplus(-x) = softplus(-|x|) + c·|x|; safe_mul: c = 0 on
     # an infinite logit is an absent term (x = +inf, t = 1 gives 0).
     ce = softplus(-a) + safe_mul(c, a)
     big_l, r = _focal_parts(x, t)
-    # (1 - p_t)^gamma as a power of 1 - p_t = (c + c'e)/(1 + e) (accurate to a rounding or
-    # two): exp(gamma·L) would amplify the rounding of gamma·L by |gamma·L| (15 ulps at
-    # L = -16). Only where 1 - p_t underflows is the log form used (gamma = 0: exactly 1).
-    q = (c + cc * e) / (1.0 + e)
+    # (1 - p_t)^gamma as a power of 1 - p_t = n/(1 + e) (accurate to a rounding or two):
+    # exp(gamma·L) would amplify the rounding of gamma·L by |gamma·L| (15 ulps at L = -16).
+    # Only where 1 - p_t underflows is the log form used (gamma = 0: exactly 1).
+    q = n / (1.0 + e)
+    # Near x = 0, where the loss is perfectly conditioned, 1 - p_t is about 1/2 and the
+    # quotient's three roundings (doubled by gamma = 2) exceed the bound: there it is
+    # 1/2 + (2c - 1)·m / (2(1 + e)), whose correction term is small.
+    d = (2.0 * c - 1.0) * m / (2.0 * (1.0 + e))
+    q = jnp.where(jnp.abs(d) <= 0.25, 0.5 + d, q)
     normal = q >= jnp.finfo(x.dtype).tiny
     q_safe = jnp.where(normal, q, jnp.ones((), x.dtype))  # double where: no 0^(gamma-1)
     fw = jnp.where(normal, jnp.power(q_safe, gamma), jnp.exp(safe_mul(gamma, big_l)))
+    # gamma = 0 is the weight 1 also where a label outside [0, 1] makes 1 - p_t < 0 (log NaN).
+    fw = jnp.where(gamma == 0, jnp.ones((), x.dtype), fw)
     at = jnp.ones((), x.dtype) if alpha is None else _alpha_t(alpha, t)
     base = safe_mul(fw, ce)
     value = safe_mul(at, base)
@@ -328,11 +367,10 @@ def _focal_pieces(x, t, alpha, gamma):
     dce = (1.0 - t) * _sigmoid(x) - t * _sigmoid(-x)
     dx = at * fw * (dce + gamma * (1.0 - 2.0 * t) * safe_mul(r, ce))
     # d/dt: at·fw·[-x + gamma ce dL/dt] + (2 alpha - 1) fw ce, with
-    # dL/dt = sign·(1 - e)/(c + c' e), sign = -1 for x >= 0 (infinite where 1 - p_t = 0: the
-    # term is then taken as 0 by the zero convention of its coefficient ce·fw).
-    den = c + cc * e
-    dl_dt = jnp.where(nonneg, -1.0, 1.0) * (1.0 - e) / jnp.where(den == 0, 1.0, den)
-    dl_dt = jnp.where(den == 0, jnp.where(nonneg, -jnp.inf, jnp.inf), dl_dt)
+    # dL/dt = sign·(1 - e)/n, sign = -1 for x >= 0 (infinite where 1 - p_t = 0: the term is
+    # then taken as 0 by the zero convention of its coefficient ce·fw).
+    dl_dt = jnp.where(nonneg, -1.0, 1.0) * (1.0 - e) / jnp.where(n == 0, 1.0, n)
+    dl_dt = jnp.where(n == 0, jnp.where(nonneg, -jnp.inf, jnp.inf), dl_dt)
     dt = at * (safe_mul(fw, -x) + gamma * safe_mul(base, dl_dt))
     if alpha is not None:
         dt = dt + (2.0 * alpha - 1.0) * base
@@ -389,7 +427,10 @@ def sigmoid_focal_loss(
        1 - p_t = t\,\sigma(-x) + (1 - t)\,\sigma(x),\quad
        \alpha_t = \alpha t + (1 - \alpha)(1 - t)
 
-    (:math:`\alpha_t = 1` when ``alpha`` is None); soft labels :math:`t \in [0, 1]` allowed.
+    (:math:`\alpha_t = 1` when ``alpha`` is None); soft labels :math:`t \in [0, 1]` allowed, and
+    labels outside ``[0, 1]`` wherever :math:`1 - p_t \ge 0` (where a label outside makes
+    :math:`1 - p_t < 0`, :math:`(1 - p_t)^\gamma` is not real for :math:`\gamma > 0`: NaN,
+    as optax's log-space form gives).
 
     **Stable form.** Everything is built around :math:`a = |x|`, :math:`e = e^{-a}` and
     :math:`c`, the label mass on the wrong side of the logit (:math:`1 - t` for
@@ -422,7 +463,9 @@ def sigmoid_focal_loss(
     ``gamma = 0``                        α_t·BCE exactly            α_t·BCE' exactly
     ``gamma`` in ``(0, 1)``, ``|x|>90``  finite, tiny               finite (optax: NaN at inf)
     NaN logit                            NaN                        NaN
-    label or ``alpha`` outside [0, 1]    ValueError / NaN (jit)     NaN (jit)
+    label ∉ [0, 1], ``1 - p_t >= 0``     exact                      exact
+    label ∉ [0, 1], ``1 - p_t < 0``      NaN (``gamma > 0``)        NaN (``gamma > 0``)
+    ``alpha`` outside [0, 1]             ValueError / NaN (jit)     NaN (jit)
     negative ``gamma``                   ValueError / NaN (jit)     NaN (jit)
     ===================================  =========================  ===========================
 
@@ -432,7 +475,8 @@ def sigmoid_focal_loss(
 
     Args:
       logits: any shape.
-      labels: targets in ``[0, 1]``, same rank as ``logits`` and broadcastable to it.
+      labels: targets, same rank as ``logits`` and broadcastable to it (``[0, 1]``, or outside
+        it where ``1 - p_t >= 0``).
       alpha: optional weight of the positive class in ``[0, 1]`` (a scalar); None: no weight.
       gamma: focusing exponent, a scalar ``>= 0``.
 
@@ -451,7 +495,7 @@ def sigmoid_focal_loss(
     """
     x = float_array("logits", logits)
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
-    check_probabilities("labels", t)
+    check_probability_targets("labels", t)
     has_alpha = alpha is not None
     a = jnp.zeros((), x.dtype) if alpha is None else _unit_scalar("alpha", alpha, x.dtype)
     g = jnp.asarray(gamma)
@@ -466,9 +510,9 @@ def sigmoid_focal_loss(
         _report("gamma", g, negative(g), "[0, inf) (a non-negative exponent)")
     if _is_python_zero(gamma):
         # gamma = 0 is the (alpha-weighted) binary cross-entropy, bit for bit: same core.
-        loss = _bce_core(x, t, targets_checked())
+        loss = _bce_core(x, t, strict_targets())
         if not has_alpha:
             return loss
         a = nan_where(outside_unit_interval(a), a)
         return safe_mul(_alpha_t(a, t), loss)
-    return _focal_core(x, t, a, g, has_alpha, targets_checked())
+    return _focal_core(x, t, a, g, has_alpha, strict_targets())

@@ -46,11 +46,11 @@ from jaxce._validate import (
     _wanted,
     check_class_indices,
     check_nonnegative,
-    check_probabilities,
+    check_probability_targets,
     nan_where,
     negative,
     outside_unit_interval,
-    targets_checked,
+    strict_targets,
 )
 
 __all__ = [
@@ -77,7 +77,8 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False, s_lanes=16):
     mass T - t_j comes from the compensated label total ``(s, c)`` as ``(s - t_j) + c``, with
     ``s - t_j`` exact when it is small (Sterbenz), evaluated in the gradient's elementwise pass.
     grad_t = -log p, 0 for absent classes (zero target and zero probability) and masked ones.
-    With ``check_targets`` a label outside [0, 1] makes the row's value and grad_x NaN.
+    With ``check_targets`` (strict mode) a label outside [0, 1] makes the row's value and
+    grad_x NaN; otherwise any real label is the linear extension.
     ``s_lanes``: the first-stage width of S' on CPU (16; 8 for 16-bit logits, see below).
     All of it is plain jnp code whose own derivatives are right, so JAX can differentiate the
     rule again for Hessians.
@@ -87,7 +88,7 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False, s_lanes=16):
     shifted = shift_by_max(xm, m)
     e = jnp.exp(shifted)
     tm = t if where is None else jnp.where(where, t, zero)
-    # A label outside [0, 1] makes its example NaN (masked classes are dropped anyway): a NaN
+    # Strict mode: a label outside [0, 1] makes its example NaN (masked classes are dropped): a NaN
     # label total spreads to the value and the whole row's gradient. Inside the sum's input,
     # the check costs no pass of its own.
     t_in = nan_where(outside_unit_interval(tm), tm) if check_targets else tm
@@ -150,7 +151,7 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False, s_lanes=16):
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _soft_ce_core(x, t, where, axes, check_targets=True, s_lanes=16):
+def _soft_ce_core(x, t, where, axes, check_targets=False, s_lanes=16):
     return _soft_ce(x, t, where, axes, check_targets, s_lanes)
 
 
@@ -208,8 +209,12 @@ def softmax_cross_entropy(
     all classes masked (``where``)                         0                  0
     masked class                                           excluded           0
     NaN logit                                              NaN (that row)     NaN (that row)
-    label outside ``[0, 1]`` (see :func:`jaxce.checked`)   NaN (jit) / error  NaN (that row)
+    any real label (signed, ``> 1``): linear extension     exact              exact
+    negative label on a ``-inf`` logit                     ``-inf``           finite
     =====================================================  =================  =================
+
+    Labels outside ``[0, 1]`` are errors only in strict mode (:func:`jaxce.target_checks`);
+    :func:`jaxce.checked` reports them.
 
     **Keyword options** (all off by default; then exactly the plain code path runs). With
     :math:`x' = c\tanh(x / (T c))` (``temperature`` T, ``logit_soft_cap`` c, see
@@ -269,14 +274,14 @@ def softmax_cross_entropy(
     axes = canonical_axes(axis, x.ndim)
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
     mask = mask_array(where, tuple(x.shape), axes)
-    check_probabilities("labels", t, mask)
+    check_probability_targets("labels", t, mask)
     opts = _options(x, axes, weights, label_smoothing, z_loss)
     if opts.off and temperature is None and logit_soft_cap is None:
         # the plain path, unchanged
         s_lanes = 8 if jnp.dtype(jnp.result_type(logits)).itemsize < 4 else 16
-        return _soft_ce_core(x, t, mask, axes, targets_checked(), s_lanes)
+        return _soft_ce_core(x, t, mask, axes, strict_targets(), s_lanes)
     x = scale_logits(x, temperature=temperature, logit_soft_cap=logit_soft_cap)
-    return _soft_ce_options(x, t, mask, opts, axes, targets_checked())
+    return _soft_ce_options(x, t, mask, opts, axes, strict_targets())
 
 
 def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:

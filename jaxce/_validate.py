@@ -1,19 +1,33 @@
-r"""Value checks: labels and targets outside their domain are never turned into a plausible number.
+r"""Value checks: bad labels and inputs are never turned into a plausible number.
 
-The policy, for every loss (the README has the same table):
+Two kinds of value are checked differently:
+
+* **Always checked** (they are never meaningful): integer labels outside ``[0, C)``,
+  probabilities given *as inputs* outside ``[0, 1]`` (``binary_cross_entropy`` and
+  ``categorical_cross_entropy``'s ``probs``, ``logit``), negative weights and scales, and
+  negative targets of the KL divergences (``t·log t`` is not real there).
+* **Targets** (soft labels of the cross-entropies, binary labels, KL targets above 1,
+  log-targets above 0) are *not* checked by default: every cross-entropy is linear in its
+  targets and the KL divergences hold ``t·log t`` for any ``t >= 0``, so signed or ``> 1``
+  targets have an exact value, which jaxce computes as optax and PyTorch do (advantage-weighted
+  cross-entropy, weights folded into one-hot targets, finite-difference checks that step the
+  targets). :func:`checked` reports them from inside ``jit``; :func:`target_checks` turns on
+  the strict mode, where they are errors like the others.
 
 =================================  =======================  =================  ==================
 bad value                          eager (concrete inputs)  under ``jit``      ``jaxce.checked``
 =================================  =======================  =================  ==================
-integer label outside ``[0, C)``   ``ValueError`` naming    NaN loss and       checkify error,
-                                   position and value       gradient for that  raised from inside
-probability target outside         ``ValueError``           example; other     ``jit`` by
-``[0, 1]`` (soft CE, KL, BCE)                               examples intact    ``err.throw()``
-log-target ``> 0`` (KL, log        ``ValueError``           NaN                checkify error
-targets)
+always checked (see above)         ``ValueError`` naming    NaN loss and       checkify error,
+                                   value and position       gradient for that  raised from inside
+                                                            example; other     ``jit`` by
+                                                            examples intact    ``err.throw()``
+target outside its range           the exact value          the exact value    checkify error
+(default)                                                                      (``targets=True``)
+target outside its range, inside   ``ValueError``           NaN for that       checkify error
+``with jaxce.target_checks():``                             example
 =================================  =======================  =================  ==================
 
-NaN targets count as outside the domain. Eager checks cost one reduction on the device and a
+NaN values count as outside every domain. Eager checks cost one reduction on the device and a
 scalar transfer; under ``jit`` nothing is transferred: the NaN is part of the computation (an
 elementwise select fused into the loss), so it costs no extra pass over the data.
 
@@ -34,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-__all__ = ["checked", "target_checks"]
+__all__ = ["checked", "strict_targets", "target_checks"]
 
 _STATE = threading.local()
 
@@ -42,52 +56,69 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _checking() -> bool:
-    return bool(getattr(_STATE, "checking", False))
+    return getattr(_STATE, "checking", None) is not None
+
+
+def _checking_targets() -> bool:
+    return bool(getattr(_STATE, "checking", None))
 
 
 @contextlib.contextmanager
-def _checking_scope() -> Iterator[None]:
-    previous = _checking()
-    _STATE.checking = True
+def _checking_scope(targets: bool) -> Iterator[None]:
+    previous = getattr(_STATE, "checking", None)
+    _STATE.checking = bool(targets)  # None: not in checked mode
     try:
         yield
     finally:
         _STATE.checking = previous
 
 
-def targets_checked() -> bool:
-    """Whether probability / log-probability targets are checked (see :func:`target_checks`)."""
-    return bool(getattr(_STATE, "targets", True))
+def strict_targets() -> bool:
+    """Whether the strict mode of :func:`target_checks` is on (read at trace time)."""
+    return bool(getattr(_STATE, "strict", False))
 
 
 @contextlib.contextmanager
-def target_checks(enabled: bool) -> Iterator[None]:
-    """Turn the ``[0, 1]`` checks of probability targets off (or on) inside a ``with`` block.
+def target_checks(enabled: bool = True) -> Iterator[None]:
+    """Strict mode: targets outside their range are errors inside this ``with`` block.
 
-    The losses are linear in their soft targets, so a target outside ``[0, 1]`` has a value
-    (the linear extension) even though it is not a probability. Finite-difference gradient
-    checks with respect to the targets (``jax.test_util.check_grads``, as optax's own tests do)
-    step outside ``[0, 1]`` on purpose: wrap them in ``with jaxce.target_checks(False):``.
-    Integer labels are always checked. The setting is read when a loss is traced: a function
-    jitted and traced inside the block keeps it, one already traced outside keeps its own.
+    By default jaxce computes every real-valued target as optax and PyTorch do: the
+    cross-entropies are linear in their targets (signed advantages, weights folded into
+    one-hot targets, labels outside ``[0, 1]`` all have an exact value), the KL divergences
+    take any target ``>= 0`` and any log-target. Inside ``with jaxce.target_checks():`` a soft
+    label or binary label outside ``[0, 1]``, a KL target above 1 or a log-target above 0 raises
+    a ``ValueError`` naming its value and position (concrete inputs), and makes its example
+    NaN under ``jit``, for code that wants probability targets enforced. Integer labels,
+    probabilities given as inputs and weights are checked either way; :func:`checked` reports
+    targets from inside ``jit`` without changing the values.
+
+    The setting is read when a loss is traced: a function jitted and traced inside the block
+    keeps it, one already traced outside keeps its own.
 
     Args:
-      enabled: False to accept targets outside ``[0, 1]``.
+      enabled: True (the default) for the strict mode; False turns it off inside an outer
+        strict block.
 
     >>> import jax.numpy as jnp, jaxce
-    >>> with jaxce.target_checks(False):
-    ...     print(jaxce.softmax_cross_entropy(jnp.zeros(2), jnp.array([1.5, -0.5])))
+    >>> print(jaxce.softmax_cross_entropy(jnp.zeros(2), jnp.array([1.5, -0.5])))
     0.6931472
+    >>> with jaxce.target_checks():
+    ...     jaxce.softmax_cross_entropy(jnp.zeros(2), jnp.array([1.5, -0.5]))
+    Traceback (most recent call last):
+    ...
+    ValueError: `labels` holds 1.5 at position (0,) (shape (2,)), outside [0, 1] ...
     """
-    previous = targets_checked()
-    _STATE.targets = bool(enabled)
+    previous = strict_targets()
+    _STATE.strict = bool(enabled)
     try:
         yield
     finally:
-        _STATE.targets = previous
+        _STATE.strict = previous
 
 
-def checked(fn: Callable[..., Any]) -> Callable[..., tuple[checkify.Error, Any]]:
+def checked(
+    fn: Callable[..., Any], *, targets: bool = True
+) -> Callable[..., tuple[checkify.Error, Any]]:
     """Checked mode: ``fn`` with jaxce's value checks reported from inside ``jit``.
 
     ``fn`` is any function that calls jaxce losses (a loss itself, or a whole training step).
@@ -96,8 +127,16 @@ def checked(fn: Callable[..., Any]) -> Callable[..., tuple[checkify.Error, Any]]
     and its position, ``error.get()`` returns the message or None. It composes with ``jit``
     either way round: ``jax.jit(jaxce.checked(f))``.
 
+    Reported: integer labels outside ``[0, C)``, probabilities outside ``[0, 1]``, negative
+    weights and scales, negative KL targets and, with ``targets=True``, targets outside their
+    probability range (soft or binary labels outside ``[0, 1]``, KL targets above 1,
+    log-targets above 0). The outputs are those of ``fn`` unchecked: a signed target keeps its
+    exact value and is only reported.
+
     Args:
       fn: the function to check.
+      targets: also report targets outside their probability range (False for code that
+        passes signed or scaled targets on purpose, e.g. advantage-weighted cross-entropy).
 
     Returns:
       ``fn`` with checks, returning ``(error, fn's output)``.
@@ -111,7 +150,7 @@ def checked(fn: Callable[..., Any]) -> Callable[..., tuple[checkify.Error, Any]]
 
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        with _checking_scope():
+        with _checking_scope(targets):
             return fn(*args, **kwargs)
 
     return checkify.checkify(traced, errors=checkify.user_checks)
@@ -172,20 +211,43 @@ def outside_unit_interval(t: jax.Array) -> jax.Array:
     return ~((t >= 0) & (t <= 1))
 
 
-def check_probabilities(name: str, t: jax.Array, mask: jax.Array | None = None) -> None:
-    """Probability targets must lie in ``[0, 1]`` on the classes ``mask`` keeps (unless
-    :func:`target_checks` is off)."""
-    if targets_checked() and _wanted(t):
-        bad = outside_unit_interval(t)
-        _report(name, t, bad if mask is None else bad & mask, "[0, 1] (probabilities)")
+def _masked(bad: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return bad if mask is None else bad & mask
 
 
-def check_log_probabilities(name: str, lt: jax.Array, mask: jax.Array | None = None) -> None:
-    """Log-probability targets must be ``<= 0`` on the classes ``mask`` keeps (unless
-    :func:`target_checks` is off)."""
-    if targets_checked() and _wanted(lt):
-        bad = ~(lt <= 0)
-        _report(name, lt, bad if mask is None else bad & mask, "[-inf, 0] (log-probabilities)")
+def check_probabilities(name: str, p: jax.Array, mask: jax.Array | None = None) -> None:
+    """Probabilities given as inputs (``probs``) must lie in ``[0, 1]`` on the kept classes.
+
+    Always checked: a probability outside ``[0, 1]`` has no meaning."""
+    if _wanted(p):
+        _report(name, p, _masked(outside_unit_interval(p), mask), "[0, 1] (probabilities)")
+
+
+def _targets_wanted(values: jax.Array) -> bool:
+    """Target ranges are checked in checked mode (``targets=True``) or in strict mode."""
+    if _checking():
+        return _checking_targets() or strict_targets()
+    return strict_targets() and _is_concrete(values)
+
+
+def check_probability_targets(name: str, t: jax.Array, mask: jax.Array | None = None) -> None:
+    """Soft / binary labels outside ``[0, 1]``: reported in checked and strict mode only
+    (by default they are the linear extension, see :func:`target_checks`)."""
+    if _targets_wanted(t):
+        _report(name, t, _masked(outside_unit_interval(t), mask), "[0, 1] (probabilities)")
+
+
+def check_log_probability_targets(name: str, lt: jax.Array, mask: jax.Array | None = None) -> None:
+    """Log-targets above 0: reported in checked and strict mode only."""
+    if _targets_wanted(lt):
+        _report(name, lt, _masked(~(lt <= 0), mask), "[-inf, 0] (log-probabilities)")
+
+
+def check_nonnegative_targets(name: str, t: jax.Array, mask: jax.Array | None = None) -> None:
+    """KL-type targets (``t·log t``) must be ``>= 0`` on the kept classes: always checked
+    (the cores make such an example NaN under ``jit``)."""
+    if _wanted(t):
+        _report(name, t, _masked(negative(t), mask), "[0, inf) (non-negative targets)")
 
 
 def nan_where(bad: jax.Array, a: jax.Array) -> jax.Array:

@@ -24,7 +24,7 @@ import pytest
 
 import jaxce
 from jaxce import _reference as ref
-from jaxce._grid import BINARY_LABELS, RowBatch, elementwise_grid, softmax_grid
+from jaxce._grid import REAL_BINARY_LABELS, TARGET_KINDS, RowBatch, elementwise_grid, softmax_grid
 
 pytest.importorskip("mpmath")
 
@@ -109,26 +109,36 @@ ROW_FUNCTIONS: dict[str, RowFn] = {
             lambda x, t, w: ref.mp_softmax_cross_entropy(x, t, w),
             kind,
         )
-        for kind in ("one-hot", "smoothed", "dirichlet", "sparse-dirichlet")
+        for kind in TARGET_KINDS
     },
-    "safe_softmax_cross_entropy[dirichlet]": RowFn(
-        lambda x, t, w: jaxce.safe_softmax_cross_entropy(x, t),
-        lambda x, t, w: ref.mp_softmax_cross_entropy(x, t),
-        "dirichlet",
-    ),
-    "kl_divergence[dirichlet]": RowFn(
-        lambda lp, t, w: jaxce.kl_divergence(lp, t, where=w),
-        lambda lp, t, w: ref.mp_kl_divergence(lp, t, w),
-        "dirichlet",
-        inputs="log-probs",
-    ),
-    "kl_divergence_with_log_targets[sparse-dirichlet]": RowFn(
-        lambda lp, lt, w: jaxce.kl_divergence_with_log_targets(lp, lt, where=w),
-        lambda lp, lt, w: ref.mp_kl_divergence_with_log_targets(lp, lt, w),
-        "sparse-dirichlet",
-        inputs="log-probs",
-        log_labels=True,
-    ),
+    **{
+        f"safe_softmax_cross_entropy[{kind}]": RowFn(
+            lambda x, t, w: jaxce.safe_softmax_cross_entropy(x, t),
+            lambda x, t, w: ref.mp_softmax_cross_entropy(x, t),
+            kind,
+        )
+        for kind in ("dirichlet", "signed")
+    },
+    # Unnormalized targets ("weighted": t > 1) are in the KL divergences' domain too.
+    **{
+        f"kl_divergence[{kind}]": RowFn(
+            lambda lp, t, w: jaxce.kl_divergence(lp, t, where=w),
+            lambda lp, t, w: ref.mp_kl_divergence(lp, t, w),
+            kind,
+            inputs="log-probs",
+        )
+        for kind in ("dirichlet", "weighted")
+    },
+    **{
+        f"kl_divergence_with_log_targets[{kind}]": RowFn(
+            lambda lp, lt, w: jaxce.kl_divergence_with_log_targets(lp, lt, where=w),
+            lambda lp, lt, w: ref.mp_kl_divergence_with_log_targets(lp, lt, w),
+            kind,
+            inputs="log-probs",
+            log_labels=True,
+        )
+        for kind in ("sparse-dirichlet", "weighted")
+    },
 }
 
 
@@ -247,7 +257,8 @@ def test_elementwise_accuracy(name, dtype, x64):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_sigmoid_binary_cross_entropy_accuracy(dtype, x64):
-    xs, ts = np.meshgrid(elementwise_grid(), BINARY_LABELS, indexing="ij")
+    """Labels in [0, 1] and outside it (the loss is affine in its label)."""
+    xs, ts = np.meshgrid(elementwise_grid(), REAL_BINARY_LABELS, indexing="ij")
     xs, ts = _cast(xs.ravel(), dtype), _cast(ts.ravel(), dtype)
     x, t = jnp.asarray(xs, dtype), jnp.asarray(ts, dtype)
     fn = jaxce.sigmoid_binary_cross_entropy

@@ -641,6 +641,7 @@ def test_per_example_where_and_broadcasting():
     np.testing.assert_allclose(KL(a, b[:1]), KL(a, np.broadcast_to(b[:1], a.shape)), rtol=1e-6)
 
 
+@pytest.mark.parity
 def test_match_torch_distributions_on_ordinary_inputs():
     """Anchor: torch.distributions.Categorical entropy / kl_divergence (float64)."""
     torch = pytest.importorskip("torch")

@@ -55,3 +55,14 @@ def test_ci_installs_the_parity_pin():
     ]
     (pin,) = extras["parity"]
     assert f'install --quiet "{pin}"' in (root / ".ci" / "run").read_text()
+
+
+def test_ci_runs_the_readme_lines_before_installing_anything_else():
+    """The README's Quickstart lines run first in a fresh venv; torch (the parity tests) only
+    after them, so a step missing from the README cannot be hidden by a later install."""
+    script = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    readme_step = script.index("python .ci/quickstart.py README.md")
+    installs = [i for i in range(len(script)) if script.startswith("pip install", i)]
+    assert installs, "no install step"
+    assert all(i > readme_step for i in installs), "something is installed before the README"
+    assert script.index("-m parity") > script.index('install --quiet "torch')

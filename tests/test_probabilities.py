@@ -20,7 +20,7 @@ import pytest
 
 import jaxce
 from jaxce import _reference as ref
-from jaxce._grid import BINARY_LABELS, softmax_grid
+from jaxce._grid import REAL_BINARY_LABELS, TARGET_KINDS, softmax_grid
 from tests.test_accuracy import TINY, U, _cast, _errors
 from tests.test_sigmoid_family import derivative_check
 
@@ -78,10 +78,11 @@ def prob_grid(dtype: str, slow: bool) -> np.ndarray:
 
 
 def _labels(slow: bool) -> np.ndarray:
+    """Labels in [0, 1] and outside it (the loss is affine in its label)."""
     if not slow:
-        return BINARY_LABELS
+        return REAL_BINARY_LABELS
     rng = np.random.default_rng(7)
-    return np.concatenate([BINARY_LABELS, rng.uniform(size=8), [0.3, 0.7, 1e-30]])
+    return np.concatenate([REAL_BINARY_LABELS, rng.uniform(size=8), [0.3, 0.7, 1e-30]])
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -158,12 +159,11 @@ def _categorical_batch(dtype: str, slow: bool, kind: str):
     """Every row of the softmax grid (p = softmax(x), cast) padded to one width: one call.
 
     Returns ``(names, p, labels, where, weights)``; padding classes are masked (``where``
-    False). Integer labels, or the soft label kinds stacked (all four with ``--run-slow``).
+    False). Integer labels, or the soft label kinds stacked (every kind with ``--run-slow``).
     """
     classes = (2, 3, 10, 100, 1000) if slow else (3, 10, 100)
     kinds = ["int"] if kind == "int" else (
-        ["one-hot", "smoothed", "dirichlet", "sparse-dirichlet"]
-        if slow else ["smoothed", "sparse-dirichlet"]
+        list(TARGET_KINDS) if slow else ["smoothed", "sparse-dirichlet", "advantage", "signed"]
     )  # fmt: skip
     width = max(classes)
     names, ps, labels, masks = [], [], [], []
@@ -277,11 +277,13 @@ def test_binary_cross_entropy_edge_table(row):
 
 
 def test_binary_cross_entropy_nan_rows():
-    """NaN prob or label: ValueError eagerly (not in [0, 1]); NaN value and gradient under jit."""
+    """NaN prob: ValueError eagerly (not in [0, 1]); a NaN label only in strict mode (otherwise
+    NaN for its element, as any NaN input); NaN value and gradient under jit."""
     with pytest.raises(ValueError, match="`probs` holds nan"):
         bce(jnp.array([0.5, NAN]), jnp.array([1.0, 1.0]))
-    with pytest.raises(ValueError, match="`labels` holds nan"):
+    with jaxce.target_checks(), pytest.raises(ValueError, match="`labels` holds nan"):
         bce(jnp.array([0.5, 0.5]), jnp.array([1.0, NAN]))
+    assert np.isnan(bce(jnp.array([0.5, 0.5]), jnp.array([1.0, NAN]))[1])
     p, t = jnp.array([0.5, NAN, 0.5]), jnp.array([1.0, 1.0, NAN])
     v = jax.jit(lambda a, b: bce(a, b).sum())(p, t)
     out = jax.jit(bce)(p, t)
@@ -647,28 +649,36 @@ def test_binary_value_checks_eager_and_jit():
     neg_w = jnp.array([-1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match=r"`probs` holds 1.5 at position \(1,\)"):
         bce(p, ones)
-    with pytest.raises(ValueError, match=r"`labels` holds -0.5 at position \(2,\)"):
+    with jaxce.target_checks(), pytest.raises(ValueError, match=r"`labels` holds -0.5 at posi"):
         bce(good, t)
     with pytest.raises(ValueError, match=r"`weights` holds -1.0 at position \(0,\)"):
         bce(good, ones, weights=neg_w)
-    # Under jit: NaN for the bad element only, in the value and the gradient.
-    for a, b, w, bad in ((p, ones, ones, 1), (good, t, ones, 2), (good, ones, neg_w, 0)):
-        out, g = _bce_value_and_grad_weighted(a, b, w)
-        ok = np.arange(3) != bad
-        assert np.isnan(out[bad])
-        assert np.isnan(g[bad])
-        assert np.isfinite(_np(out)[ok]).all()
-        assert np.isfinite(_np(g)[ok]).all()
+    # Under jit: NaN for the bad element only, in the value and the gradient (a label outside
+    # [0, 1] in strict mode only: a fresh function traced inside the block).
+    with jaxce.target_checks():
+        strict = jax.jit(lambda *a: _bce_vg(*a))
+        for a, b, w, bad in ((p, ones, ones, 1), (good, t, ones, 2), (good, ones, neg_w, 0)):
+            out, g = strict(a, b, w)
+            ok = np.arange(3) != bad
+            assert np.isnan(out[bad])
+            assert np.isnan(g[bad])
+            assert np.isfinite(_np(out)[ok]).all()
+            assert np.isfinite(_np(g)[ok]).all()
     err, _ = jaxce.checked(lambda a: bce(a, ones))(p)
     assert "`probs` holds" in err.get()
-    with jaxce.target_checks(False):  # the switch turns the probability checks off
-        bce(good, t)  # no error
+    # By default a label outside [0, 1] is the exact (affine) extension, under jit too.
+    out, g = _bce_value_and_grad_weighted(good, t, ones)
+    expected = -t * jnp.log(good) - (1 - t) * jnp.log1p(-good)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert np.isfinite(_np(g)).all()
 
 
-@jax.jit
-def _bce_value_and_grad_weighted(p, t, w):
+def _bce_vg(p, t, w):
     value, vjp = jax.vjp(lambda a: bce(a, t, weights=w), p)
     return value, vjp(jnp.ones_like(value))[0]
+
+
+_bce_value_and_grad_weighted = jax.jit(_bce_vg)
 
 
 def test_categorical_value_checks_eager_and_jit():
@@ -680,8 +690,11 @@ def test_categorical_value_checks_eager_and_jit():
         cce(p, y)
     with pytest.raises(ValueError, match=r"`labels` holds 2 at position \(1,\)"):
         cce(good, jnp.array([0, 2]))
-    with pytest.raises(ValueError, match=r"`labels` holds 1.2"):
+    with jaxce.target_checks(), pytest.raises(ValueError, match=r"`labels` holds 1.2"):
         cce(good, jnp.array([[1.2, 0.0], [0.0, 1.0]]))
+    np.testing.assert_allclose(  # by default the exact (linear) extension
+        cce(good, jnp.array([[1.2, 0.0], [0.0, 1.0]]))[0], -1.2 * math.log(0.2), rtol=1e-6
+    )
     with pytest.raises(ValueError, match=r"`weights` holds -1.0"):
         cce(good, y, weights=jnp.array([1.0, -1.0]))
     # A masked class is not checked.
@@ -696,9 +709,12 @@ def test_categorical_value_checks_eager_and_jit():
         assert np.isnan(g[1]).all()
         assert np.isfinite(out[0])
         assert np.isfinite(g[0]).all()
-    out, g = _cce_value_and_grad(good, jnp.array([[0.5, 0.5], [-0.5, 1.5]]), None, w1)
+    with jaxce.target_checks():  # strict: a soft label outside [0, 1] poisons its example
+        out = jax.jit(lambda a, b: cce(a, b))(good, jnp.array([[0.5, 0.5], [-0.5, 1.5]]))
     assert np.isnan(out[1])
     assert np.isfinite(out[0])
+    out, _ = _cce_value_and_grad(good, jnp.array([[0.5, 0.5], [-0.5, 1.5]]), None, w1)
+    np.testing.assert_allclose(out[1], -1.5 * math.log(0.5) + 0.5 * math.log(0.5), rtol=1e-6)
     # A negative class weight: every example is NaN (0·NaN stays NaN, as in jaxce.safe_mul).
     out, _ = _cce_value_and_grad(good, y, None, jnp.array([1.0, -1.0]))
     assert np.isnan(out).all()

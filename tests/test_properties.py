@@ -4,7 +4,8 @@ Each test is parametrized by function and dtype (float32, bfloat16, float16, and
 the ``x64`` fixture) and draws whole batches: shapes from a fixed set (so compiled programs are
 reused), logits over 1e-4…1e4 with offsets up to 1e8, confident rows, ties, ``-inf`` entries,
 ``+inf`` entries, empty rows and ``where`` masks, with soft / integer / binary / log-space
-labels.
+labels (soft targets also weighted above 1, signed advantages and rows of both signs; binary
+labels also outside [0, 1]; KL targets are kept >= 0).
 
 Properties (see each test's docstring):
 
@@ -45,6 +46,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import jaxce
+import jaxce.torch as jt
 from jaxce import _reference as ref
 from jaxce._transforms import scale_logits
 
@@ -350,10 +352,28 @@ def logits_arrays(draw: st.DrawFn, rng: np.random.Generator, dtype: str, shape: 
     return _cast(x, dtype)
 
 
-def _soft_labels(draw: st.DrawFn, rng: np.random.Generator, x: np.ndarray, dtype: str):
+PROBABILITY_KINDS = ["onehot_argmax", "onehot", "smoothed", "dirichlet", "sparse"]
+#: Targets outside [0, 1]: per-example weights folded in (w > 1, any loss), signed advantages
+#: on one-hot targets and rows of both signs (the losses linear in their targets).
+SCALED_KINDS = ["weighted"]
+SIGNED_KINDS = ["advantage", "signed"]
+
+
+def _soft_labels(draw: st.DrawFn, rng: np.random.Generator, x: np.ndarray, dtype: str, kinds=None):
     shape, V = x.shape, x.shape[-1]
     batch = shape[:-1]
-    kind = draw(st.sampled_from(["onehot_argmax", "onehot", "smoothed", "dirichlet", "sparse"]))
+    kinds = kinds or PROBABILITY_KINDS + SCALED_KINDS + SIGNED_KINDS
+    kind = draw(st.sampled_from(kinds))
+    if kind in SCALED_KINDS + SIGNED_KINDS:
+        base = _soft_labels(draw, rng, x, dtype, ["onehot_argmax", "onehot", "smoothed"])
+        base = np.asarray(base, np.float64)
+        if kind == "weighted":
+            t = base * rng.uniform(1.0, 10.0, size=(*batch, 1))
+        elif kind == "advantage":
+            t = base * rng.choice([-1.0, 1.0], size=(*batch, 1)) * rng.uniform(0.01, 10.0)
+        else:
+            t = base + rng.dirichlet(np.ones(V), size=batch) - rng.dirichlet(np.ones(V), size=batch)
+        return _cast(t + 0.0, dtype)
     if kind in ("onehot_argmax", "onehot", "smoothed"):
         j = np.argmax(x, axis=-1) if kind == "onehot_argmax" else rng.integers(0, V, size=batch)
         t = (np.arange(V) == j[..., None]).astype(np.float64)
@@ -379,10 +399,12 @@ def _int_labels(draw: st.DrawFn, rng: np.random.Generator, x: np.ndarray, invali
 
 
 def _binary_labels(draw: st.DrawFn, rng: np.random.Generator, shape, dtype: str):
-    kind = draw(st.sampled_from(["binary", "uniform", "mixed"]))
+    kind = draw(st.sampled_from(["binary", "uniform", "mixed", "outside"]))
     b = rng.integers(0, 2, size=shape).astype(np.float64)
     if kind == "binary":
         return _cast(b, dtype)
+    if kind == "outside":  # labels outside [0, 1]: the loss is affine in its label
+        return _cast(np.where(rng.random(shape) < 0.5, b, rng.uniform(-3.0, 4.0, shape)), dtype)
     u = rng.random(shape)
     return _cast(u if kind == "uniform" else np.where(rng.random(shape) < 0.5, b, u), dtype)
 
@@ -411,9 +433,11 @@ def inputs(
     shape, masked = draw(st.sampled_from(variants or VARIANTS[dtype]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x = draw(logits_arrays(rng, dtype, shape))
-    t = _soft_labels(draw, rng, x, dtype)
+    # KL-type targets need t >= 0 (t·log t); the cross-entropies take any real target.
+    nonneg = PROBABILITY_KINDS + SCALED_KINDS
+    t = _soft_labels(draw, rng, x, dtype, nonneg if name in KL_FNS else None)
     where = _mask(draw, rng, shape, masked)
-    lt_src = _soft_labels(draw, rng, x, dtype)
+    lt_src = _soft_labels(draw, rng, x, dtype, nonneg)
     with np.errstate(divide="ignore"):
         lt = _cast(np.log(lt_src), dtype)
     if name in KL_FNS and draw(st.booleans()):
@@ -680,7 +704,8 @@ def test_range(name, dtype, request):
     """Losses >= 0, log-probabilities <= 0, probabilities in [0, 1], max <= lse <= max + log n.
 
     Exact (no tolerance) where every term of the stable form is non-negative, so rounding
-    cannot cross the bound: CE sums t(m - x) >= 0 and T log1p(S') >= 0; BCE and softplus sum
+    cannot cross the bound (for the losses: targets >= 0, binary labels in [0, 1]; signed
+    targets make any sign): CE sums t(m - x) >= 0 and T log1p(S') >= 0; BCE and softplus sum
     softplus values; log_softmax is (x - m) - log1p(S') <= 0; softmax e/(1 + S') with e <= 1;
     logsumexp m + log1p(S') >= m (m is an input value, so also after 16-bit rounding). KL can
     be below 0 by rounding only: KL >= T log(T/P) - 4u(|r| + kappa + T) (log-sum inequality;
@@ -692,7 +717,13 @@ def test_range(name, dtype, request):
         v = _f64(value)
         if v.size == 0:
             return 0
-        if name in (*CE_FNS, "sigmoid_binary_cross_entropy", "softplus"):
+        if name in CE_FNS:
+            # >= 0 for targets that are probabilities (signed ones make any sign)
+            signed = False if name.endswith("integer_labels") else np.any(inp.t < 0, axis=-1)
+            ok = (v >= 0) | signed
+        elif name == "sigmoid_binary_cross_entropy":
+            ok = (v >= 0) | (inp.tb < 0) | (inp.tb > 1)
+        elif name == "softplus":
             ok = v >= 0
         elif name in ("log_sigmoid", "log_softmax"):
             ok = v <= 0
@@ -1317,7 +1348,10 @@ def _check_documented_limits(name: str, inp: Inputs, v: np.ndarray, g: np.ndarra
         tm = np.where(mask, t, 0.0)
         expect(row(clean) & mask & (x == -np.inf) & (t == 0), g, 0.0, "zero target on -inf: d")
         pos_ninf = clean & np.any(mask & (x == -np.inf) & (t > 0), axis=-1)
-        expect(pos_ninf, v, np.inf, "positive target on -inf")
+        neg_ninf = clean & np.any(mask & (x == -np.inf) & (t < 0), axis=-1)
+        expect(pos_ninf & ~neg_ninf, v, np.inf, "positive target on -inf")
+        expect(neg_ninf & ~pos_ninf, v, -np.inf, "negative target on -inf")
+        expect(pos_ninf & neg_ninf, v, np.nan, "targets of both signs on -inf")
         fin = row(clean) & np.isfinite(g)
         expect(row(clean), fin.astype(np.float64), 1.0, "finite gradient on non-NaN rows")
         all_masked = ~np.any(mask, axis=-1)
@@ -1636,6 +1670,86 @@ def test_ext_range_and_finite(name, request):
         return v.size
 
     _run(request, ext_inputs(), check, EXT_FACTOR)
+
+
+# The losses linear (soft labels) or affine (binary labels) in their targets: every real
+# target is the same formula, so the loss of a signed combination of targets is that
+# combination of losses (advantages, weights folded in, finite-difference steps).
+LINEAR_IN_TARGETS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "softmax_cross_entropy": jaxce.softmax_cross_entropy,
+    "safe_softmax_cross_entropy": jaxce.safe_softmax_cross_entropy,
+    "poly_loss_cross_entropy": jaxce.poly_loss_cross_entropy,
+    "softmax_focal_loss": lambda x, t: jaxce.softmax_focal_loss(x, t, gamma=2.0),
+    "softmax_cross_entropy+weights": lambda x, t: jaxce.softmax_cross_entropy(x, t, weights=_EXT_W),
+    "categorical_cross_entropy": jaxce.categorical_cross_entropy,  # of probabilities
+    "torch.cross_entropy": lambda x, t: jt.cross_entropy(x, t, reduction="none"),
+}
+AFFINE_IN_LABELS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "sigmoid_binary_cross_entropy": jaxce.sigmoid_binary_cross_entropy,
+    "sigmoid_binary_cross_entropy+pos_weight": lambda x, t: jaxce.sigmoid_binary_cross_entropy(
+        x, t, pos_weight=_EXT_W
+    ),
+    "binary_cross_entropy": jaxce.binary_cross_entropy,  # of probabilities
+}
+# fed probabilities made once from the logits (not inside the differentiated program)
+PROBABILITY_INPUTS = {"categorical_cross_entropy": _pc, "binary_cross_entropy": _pr}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _value_and_grad_of(name: str, x: jax.Array, t: jax.Array):
+    f = {**LINEAR_IN_TARGETS, **AFFINE_IN_LABELS}[name]
+    value, vjp = jax.vjp(lambda z: f(z, t), x)
+    return value, vjp(jnp.ones_like(value))[0]
+
+
+@pytest.mark.parametrize("name", [*LINEAR_IN_TARGETS, *AFFINE_IN_LABELS])
+def test_ext_signed_and_scaled_targets_are_the_linear_extension(name, request):
+    """With signed per-row coefficients a, b (|a|, |b| up to 10): for soft labels
+    ``f(x, a·t + b·s) = a·f(x, t) + b·f(x, s)``; for binary labels, ``f(x, l)`` with ``l``
+    outside [0, 1] equals ``(1 - l)·f(x, 0) + l·f(x, 1)``. Values and gradients, no NaN; the
+    tolerance is a few ulps of the terms' magnitudes."""
+    linear = name in LINEAR_IN_TARGETS
+
+    def check(ex: tuple[ExtInputs, int]) -> int:
+        inp, seed = ex
+        rng = np.random.default_rng(seed)
+        x, a = inp.jax()
+        if name in PROBABILITY_INPUTS:
+            x = jax.jit(PROBABILITY_INPUTS[name])(x)
+        rows = EXT_SHAPE[:-1]
+        ca = rng.choice([-1.0, 1.0], (*rows, 1)) * 10.0 ** rng.uniform(-2, 1, (*rows, 1))
+        cb = rng.choice([-1.0, 1.0], (*rows, 1)) * 10.0 ** rng.uniform(-2, 1, (*rows, 1))
+        if linear:
+            t = np.asarray(a.t, np.float64)
+            s_ = np.asarray(jax.nn.softmax(jnp.asarray(rng.standard_normal(t.shape))), np.float64)
+            mixed = jnp.asarray(ca * t + cb * s_, jnp.float32)
+            v, g = (_f64(o) for o in _value_and_grad_of(name, x, mixed))
+            vt, gt = (_f64(o) for o in _value_and_grad_of(name, x, jnp.asarray(t, jnp.float32)))
+            vs, gs = (_f64(o) for o in _value_and_grad_of(name, x, jnp.asarray(s_, jnp.float32)))
+            wa, wb = ca[..., 0], cb[..., 0]
+            expected_v, expected_g = wa * vt + wb * vs, ca * gt + cb * gs
+            scale_v, scale_g = np.abs(wa * vt) + np.abs(wb * vs), np.abs(ca * gt) + np.abs(cb * gs)
+            # the mixed target is rounded to float32: its rounding enters as a target change
+            scale_v = scale_v + np.abs(np.asarray(mixed)).sum(-1) * np.abs(_f64(x)).max()
+        else:
+            lab = jnp.asarray(rng.uniform(-3.0, 4.0, EXT_SHAPE), jnp.float32)
+            v, g = (_f64(o) for o in _value_and_grad_of(name, x, lab))
+            v0, g0 = (_f64(o) for o in _value_and_grad_of(name, x, jnp.zeros_like(lab)))
+            v1, g1 = (_f64(o) for o in _value_and_grad_of(name, x, jnp.ones_like(lab)))
+            lab = _f64(lab)
+            expected_v, expected_g = (1 - lab) * v0 + lab * v1, (1 - lab) * g0 + lab * g1
+            scale_v = np.abs((1 - lab) * v0) + np.abs(lab * v1)
+            scale_g = np.abs((1 - lab) * g0) + np.abs(lab * g1)
+        assert np.all(np.isfinite(v)), v
+        assert np.all(np.isfinite(g)), g
+        tol = 32 * U["float32"]
+        ok_v = np.abs(v - expected_v) <= tol * (scale_v + 1e-30)
+        ok_g = np.abs(g - expected_g) <= tol * (scale_g + 1e-30)
+        assert np.all(ok_v), (name, v[~ok_v], expected_v[~ok_v])
+        assert np.all(ok_g), (name, g[~ok_g], expected_g[~ok_g])
+        return v.size
+
+    _run(request, st.tuples(ext_inputs(), st.integers(0, 2**32 - 1)), check, EXT_FACTOR)
 
 
 @pytest.mark.parametrize("name", EXT_SHIFT)

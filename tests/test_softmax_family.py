@@ -842,8 +842,11 @@ def test_focal_errors_and_value_checks():
         jaxce.softmax_focal_loss(x, t, alpha=jnp.array([1.0, -0.5, 1.0]))
     with pytest.raises(ValueError, match="`alpha` has shape"):
         jaxce.softmax_focal_loss(x, t, alpha=jnp.ones(4))
-    with pytest.raises(ValueError, match="`labels` holds 2"):
+    with jaxce.target_checks(), pytest.raises(ValueError, match="`labels` holds 2"):
         jaxce.softmax_focal_loss(x, t * 6)
+    np.testing.assert_allclose(  # by default: linear in the labels
+        jaxce.softmax_focal_loss(x, t * 6), 6 * jaxce.softmax_focal_loss(x, t), rtol=1e-6
+    )
     out = jax.jit(lambda g: jaxce.softmax_focal_loss(x, t, gamma=g))(-1.0)
     assert np.all(np.isnan(np.asarray(out)))
     assert jaxce.softmax_focal_loss(x.astype(jnp.bfloat16), t).dtype == jnp.float32
@@ -865,7 +868,8 @@ def _focal_poly_program(fn, x, t, param):
 
 
 def _focal_poly_rows(v, dtype, slow):
-    """Finite / -inf rows of the grid at V (no where masks), one-hot and Dirichlet labels."""
+    """Finite / -inf rows of the grid at V (no where masks): one-hot, Dirichlet, signed
+    advantage and mixed-sign targets (both losses are linear in their targets)."""
     if v >= 100:
         batches = [
             b for b in softmax_grid(classes=(v,), rows=1, seed=0) if b.name.startswith(LARGE_V_CASE)
@@ -877,7 +881,7 @@ def _focal_poly_rows(v, dtype, slow):
         if batch.where is not None:
             continue
         xs = _cast(batch.x, dtype)
-        for kind in ("one-hot", "dirichlet"):
+        for kind in ("one-hot", "dirichlet", "advantage", "signed"):
             ts = _cast(batch.soft[kind], dtype)
             for i in range(xs.shape[0]):
                 if not np.all(np.isfinite(xs[i]) | np.isneginf(xs[i])):
@@ -955,8 +959,9 @@ def _focal_poly_params():
 
 @pytest.mark.parametrize(("fn", "param", "dtype", "v"), list(_focal_poly_params()))
 def test_focal_and_poly_accuracy_vs_mpmath(fn, param, dtype, v, request, focal_poly_runs, x64):
-    """Condition-scaled ulps on the hard grid (finite and -inf rows), one-hot and Dirichlet
-    labels: value <= 4, gradient <= 8. One row per case by default, two with --run-slow."""
+    """Condition-scaled ulps on the hard grid (finite and -inf rows), one-hot, Dirichlet and
+    signed targets: value <= 4, gradient <= 8. One row per case by default, two with
+    --run-slow."""
     slow = request.config.getoption("--run-slow")
     _score_focal_poly(fn, param, dtype, v, slow, focal_poly_runs)
 

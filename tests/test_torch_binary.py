@@ -19,6 +19,7 @@ import pytest
 import jaxce
 from jaxce.torch import binary_cross_entropy, binary_cross_entropy_with_logits
 
+pytestmark = pytest.mark.parity
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 

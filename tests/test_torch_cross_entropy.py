@@ -21,6 +21,7 @@ import pytest
 
 from jaxce.torch import cross_entropy, nll_loss
 
+pytestmark = pytest.mark.parity
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 

@@ -1,11 +1,15 @@
-"""Value checks (jaxce/_validate.py): eager errors, NaN under jit, checked mode, the switch.
+"""Value checks (jaxce/_validate.py): eager errors, NaN under jit, checked mode, strict mode.
 
 The policy table is in the module docstring and the README; every row is pinned here for every
-loss it applies to.
+loss it applies to. Two kinds of bad value: those always checked (integer labels, probabilities
+given as inputs, weights and scales, negative KL targets) and targets outside their probability
+range, which are the exact extension by default and checked only in checked mode
+(``jaxce.checked``) or strict mode (``with jaxce.target_checks():``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import jax
@@ -73,6 +77,16 @@ CASES = {
 }
 
 
+#: The cases whose bad value is a target outside its probability range: checked in strict
+#: mode only (the others are always checked).
+STRICT_CASES = {n for n in CASES if n != "softmax_cross_entropy_with_integer_labels"}
+
+
+def _mode(name: str) -> contextlib.AbstractContextManager:
+    """The mode in which ``name``'s bad value is an error: strict for targets."""
+    return jaxce.target_checks() if name in STRICT_CASES else contextlib.nullcontext()
+
+
 def test_every_loss_has_a_value_check():
     assert set(CASES) == set(jaxce.CORE_LOSSES)
 
@@ -84,16 +98,17 @@ def test_eager_bad_value_raises_naming_value_and_position(name):
     if name == "kl_divergence_with_log_targets":
         arg = "log_targets"
     match = re.escape(f"`{arg}` holds {value} at position {position}")
-    with pytest.raises(ValueError, match=match + r".*outside " + domain):
+    with _mode(name), pytest.raises(ValueError, match=match + r".*outside " + domain):
         fn(x, bad)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_under_jit_bad_example_is_nan_and_the_others_untouched(name):
     fn, x, good, bad, *_ = CASES[name]
-    clean = jax.jit(fn)(x, good)
-    out = jax.jit(fn)(x, bad)
-    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b))))(x, bad)
+    with _mode(name):  # traced inside the block: fresh functions (the mode is read at trace)
+        clean = jax.jit(lambda a, b: fn(a, b))(x, good)
+        out = jax.jit(lambda a, b: fn(a, b))(x, bad)
+        grad = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b))))(x, bad)
     # the bad value sits in row 1 (element (1, 2) of the element-wise binary CE)
     bad_example = (1, 2) if name == "sigmoid_binary_cross_entropy" else (1,)
     assert np.isnan(out[bad_example])
@@ -105,6 +120,18 @@ def test_under_jit_bad_example_is_nan_and_the_others_untouched(name):
     assert np.all(np.isfinite(grad[2]))
 
 
+@pytest.mark.parametrize("name", sorted(STRICT_CASES))
+def test_target_outside_its_range_is_the_exact_extension_by_default(name):
+    """No error, no NaN: eager, under jit and its gradient, the same numbers."""
+    fn, x, _, bad, *_ = CASES[name]
+    eager = fn(x, bad)
+    jitted = jax.jit(lambda a, b: fn(a, b))(x, bad)
+    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b))))(x, bad)
+    assert np.all(np.isfinite(eager))
+    np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+    assert np.all(np.isfinite(grad))
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_checked_mode_reports_from_inside_jit(name):
     fn, x, good, bad, value, *_ = CASES[name]
@@ -112,12 +139,25 @@ def test_checked_mode_reports_from_inside_jit(name):
     err, out = checked(x, good)
     assert err.get() is None
     np.testing.assert_allclose(out, fn(x, good), rtol=1e-6)
-    err, _ = checked(x, bad)
+    err, out = checked(x, bad)
     message = err.get()
     assert message is not None
     assert f"holds {value}" in message
     with pytest.raises(checkify.JaxRuntimeError):
         err.throw()
+    if name in STRICT_CASES:
+        # reported, not changed: the output is the exact extension
+        np.testing.assert_allclose(out, fn(x, bad), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_checked_mode_without_targets_reports_only_the_always_checked(name):
+    fn, x, _, bad, value, *_ = CASES[name]
+    err, _ = jax.jit(jaxce.checked(fn, targets=False))(x, bad)
+    if name in STRICT_CASES:
+        assert err.get() is None
+    else:
+        assert f"holds {value}" in err.get()
 
 
 def test_checked_mode_wraps_a_training_step():
@@ -134,22 +174,29 @@ def test_checked_mode_wraps_a_training_step():
 
 def test_masked_classes_are_not_checked():
     where = jnp.array([[True, True, True], [True, True, False], [True, True, True]])
-    out = jaxce.softmax_cross_entropy(X, BAD_T, where=where)  # the 1.5 sits on a masked class
+    with jaxce.target_checks():  # the 1.5 sits on a masked class
+        out = jaxce.softmax_cross_entropy(X, BAD_T, where=where)
     assert np.all(np.isfinite(out))
 
 
-def test_target_checks_switch_accepts_the_linear_extension():
-    with jaxce.target_checks(False):
-        eager = jaxce.softmax_cross_entropy(X, BAD_T)
-        # a function traced here (not one jit already traced outside the block: the setting
-        # is read at trace time)
-        jitted = jax.jit(lambda a, b: jaxce.softmax_cross_entropy(a, b))(X, BAD_T)
+def test_strict_mode_switch_is_read_at_trace_time_and_restored():
     expected = -jnp.sum(BAD_T * jax.nn.log_softmax(X), axis=-1)
-    np.testing.assert_allclose(eager, expected, rtol=1e-6)
-    np.testing.assert_allclose(jitted, expected, rtol=1e-6)
-    # restored afterwards
-    with pytest.raises(ValueError, match="outside"):
-        jaxce.softmax_cross_entropy(X, BAD_T)
+    np.testing.assert_allclose(jaxce.softmax_cross_entropy(X, BAD_T), expected, rtol=1e-6)
+    outside = jax.jit(lambda a, b: jaxce.softmax_cross_entropy(a, b))
+    np.testing.assert_allclose(outside(X, BAD_T), expected, rtol=1e-6)
+    with jaxce.target_checks():
+        with pytest.raises(ValueError, match="outside"):
+            jaxce.softmax_cross_entropy(X, BAD_T)
+        # traced outside the block: keeps its (default) semantics
+        np.testing.assert_allclose(outside(X, BAD_T), expected, rtol=1e-6)
+        inside = jax.jit(lambda a, b: jaxce.softmax_cross_entropy(a, b))(X, BAD_T)
+        assert np.isnan(inside[1])
+        assert np.isfinite(np.asarray(inside)[[0, 2]]).all()
+        with jaxce.target_checks(False):  # off again inside an outer strict block
+            np.testing.assert_allclose(jaxce.softmax_cross_entropy(X, BAD_T), expected, rtol=1e-6)
+        with pytest.raises(ValueError, match="outside"):
+            jaxce.softmax_cross_entropy(X, BAD_T)
+    np.testing.assert_allclose(jaxce.softmax_cross_entropy(X, BAD_T), expected, rtol=1e-6)
 
 
 def test_integer_labels_are_always_checked():
@@ -157,9 +204,31 @@ def test_integer_labels_are_always_checked():
         jaxce.softmax_cross_entropy_with_integer_labels(X, jnp.array([0, 5, 1]))
 
 
+@pytest.mark.parametrize(
+    "fn", [jaxce.kl_divergence, jaxce.generalized_kl_divergence], ids=lambda f: f.__name__
+)
+def test_negative_kl_targets_are_always_checked(fn):
+    """t·log t is not real for t < 0: an error eagerly and NaN under jit, in every mode (as
+    optax's NaN), while targets above 1 are accepted."""
+    bad = GOOD_T.at[1, 2].set(-0.5)
+    with pytest.raises(ValueError, match=r"`targets` holds -0.5 at position \(1, 2\)"):
+        fn(LP, bad)
+    out = jax.jit(fn)(LP, bad)
+    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b))))(LP, bad)
+    assert np.isnan(out[1])
+    assert np.isfinite(np.asarray(out)[[0, 2]]).all()
+    assert np.isnan(grad[1]).any()
+    assert np.isfinite(np.asarray(grad)[[0, 2]]).all()
+    assert np.isfinite(fn(LP, 3.0 * GOOD_T)).all()
+
+
 def test_nan_target_is_outside_the_domain():
-    with pytest.raises(ValueError, match="holds nan"):
+    with jaxce.target_checks(), pytest.raises(ValueError, match="holds nan"):
         jaxce.sigmoid_binary_cross_entropy(X, GOOD_T.at[0, 0].set(jnp.nan))
+    # by default a NaN label is NaN for its element only, as any NaN input
+    out = jaxce.sigmoid_binary_cross_entropy(X, GOOD_T.at[0, 0].set(jnp.nan))
+    assert np.isnan(out[0, 0])
+    assert np.isfinite(np.asarray(out).ravel()[1:]).all()
 
 
 def test_empty_batch_needs_no_check():
@@ -493,6 +562,22 @@ VALUE_CASES: dict[str, tuple] = {
 # jaxce.torch checks `weight` under PyTorch's name; categorical_cross_entropy reports the
 # position in the weights passed (not after broadcasting). Both were strict xfails once.
 VALUE_PARAMS = list(VALUE_CASES)
+#: The cases whose bad value is a target (soft or binary label) outside [0, 1]: an error in
+#: strict mode only.
+STRICT_VALUE_CASES = {
+    "sigmoid_focal_loss-labels",
+    "poly_loss_cross_entropy-labels",
+    "softmax_focal_loss-labels",
+    "binary_cross_entropy-labels",
+    "categorical_cross_entropy-labels",
+    "torch.cross_entropy-soft_labels",
+    "torch.binary_cross_entropy-labels",
+    "torch.binary_cross_entropy_with_logits-labels",
+}
+
+
+def _value_mode(case: str) -> contextlib.AbstractContextManager:
+    return jaxce.target_checks() if case in STRICT_VALUE_CASES else contextlib.nullcontext()
 
 
 def test_every_loss_and_torch_function_has_value_checks():
@@ -519,23 +604,50 @@ def _bad_mask(shape, bad) -> np.ndarray:
 def test_all_losses_eager_bad_value_raises_naming_argument_value_position(case):
     fn, _, bad, arg, value, position, _ = VALUE_CASES[case]
     match = re.escape(f"`{arg}` holds {value} at position {position}")
-    with pytest.raises(ValueError, match=match + r".*outside"):
+    with _value_mode(case), pytest.raises(ValueError, match=match + r".*outside"):
         fn(*bad)
 
 
 @pytest.mark.parametrize("case", list(VALUE_CASES))
 def test_all_losses_under_jit_bad_value_is_nan_for_its_examples_only(case):
     fn, good, bad, *_, where_bad = VALUE_CASES[case]
-    jfn = jax.jit(fn)
-    clean, out = np.asarray(jfn(*good)), np.asarray(jfn(*bad))
+    with _value_mode(case):  # fresh functions: the mode is read at trace time
+        clean = np.asarray(jax.jit(lambda *a: fn(*a))(*good))
+        out = np.asarray(jax.jit(lambda *a: fn(*a))(*bad))
+        g = None
+        if np.issubdtype(bad[0].dtype, np.floating):
+            g = np.asarray(jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a))))(*bad))
     m = _bad_mask(out.shape, where_bad)
     assert np.all(np.isnan(out[m])), out
     np.testing.assert_array_equal(out[~m], clean[~m])
-    if np.issubdtype(bad[0].dtype, np.floating):
-        g = np.asarray(jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a))))(*bad))
+    if g is not None:
         gm = np.broadcast_to(m if m.shape == g.shape else m[..., None], g.shape)
         assert np.isnan(g[gm]).any(), g
         assert np.all(np.isfinite(g[~gm])), g
+
+
+#: sigmoid_focal_loss with label 1.5 at logit 2: 1 - p_t = 1.5·σ(-2) - 0.5·σ(2) < 0, so the
+#: focal weight (1 - p_t)^γ is not real: NaN, as optax's log-space form gives.
+UNDEFINED_BY_DEFAULT = {"sigmoid_focal_loss-labels"}
+
+
+@pytest.mark.parametrize("case", sorted(STRICT_VALUE_CASES))
+def test_all_losses_target_outside_range_is_the_exact_extension_by_default(case):
+    fn, _, bad, *_, where_bad = VALUE_CASES[case]
+    eager = np.asarray(fn(*bad))  # no error
+    jitted = np.asarray(jax.jit(lambda *a: fn(*a))(*bad))
+    np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+    m = _bad_mask(eager.shape, where_bad)
+    assert np.all(np.isfinite(eager[~m]))
+    if case in UNDEFINED_BY_DEFAULT:
+        optax = pytest.importorskip("optax")
+        expected = np.asarray(optax.losses.sigmoid_focal_loss(*bad))
+        assert np.isnan(expected[m]).all()
+        assert np.isnan(eager[m]).all()
+    else:
+        assert np.all(np.isfinite(eager[m])), eager
+        g = np.asarray(jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a))))(*bad))
+        assert np.all(np.isfinite(g)), g
 
 
 @pytest.mark.parametrize("case", list(VALUE_CASES))

@@ -40,12 +40,12 @@ def binary_cross_entropy_with_logits(
     ``x=+inf, t=0``                      ``+inf``, gradient 1   ``+inf`` / NaN gradient
     ``weight=0`` on an infinite loss     0, gradient 0          NaN
     negative ``weight``/``pos_weight``   ValueError / NaN       a number
-    label outside ``[0, 1]``             ValueError / NaN       a number
+    label outside ``[0, 1]``             the exact value        a number
     ===================================  =====================  ==========================
 
     Args:
       logits: any shape (PyTorch's ``input``).
-      labels: targets in ``[0, 1]``, same rank as ``logits`` (PyTorch's ``target``).
+      labels: targets, same rank as ``logits`` (PyTorch's ``target``); any real number.
       weight: optional non-negative element weights broadcastable to ``logits``.
       pos_weight: optional non-negative positive-class weights broadcastable to ``logits``,
         typically ``[num_classes]`` along the last axis.
@@ -92,12 +92,13 @@ def binary_cross_entropy(
     ==================================  =====================  =====================
     ``p=0, t=1`` (or ``p=1, t=0``)      ``+inf``               100
     ``p=0, t=0``                        0, gradient 1          0, gradient 1
-    prob/label outside ``[0, 1]``       ValueError / NaN       RuntimeError / a number
+    prob outside ``[0, 1]``             ValueError / NaN       RuntimeError
+    label outside ``[0, 1]``            the exact value        a number
     ==================================  =====================  =====================
 
     Args:
       probs: probabilities in ``[0, 1]``, any shape (PyTorch's ``input``).
-      labels: targets in ``[0, 1]``, same rank as ``probs``.
+      labels: targets, same rank as ``probs``; any real number.
       weight: optional non-negative element weights broadcastable to ``probs``.
       reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 

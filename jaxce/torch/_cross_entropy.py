@@ -106,7 +106,7 @@ def cross_entropy(
     ``"mean"``, every target ignored (or ``Σ w[y] = 0``)  0, gradient 0       NaN
     ignored example with NaN/``inf`` logits               0, gradient 0       0
     label outside ``[0, C)``, not ``ignore_index``        error / NaN (jit)   error
-    probability target outside ``[0, 1]``                 error / NaN (jit)   accepted
+    probability target outside ``[0, 1]``                 accepted (exact)    accepted
     negative ``weight``                                   error / NaN (jit)   accepted
     zero target on a ``-inf`` logit (probabilities)       0, finite gradient  NaN
     confident correct (``-log p_y = 1e-30``)              1e-30               0
