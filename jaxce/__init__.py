@@ -2,7 +2,7 @@
 
 Drop-in, optax-compatible losses (same names and signatures as ``optax.losses``) whose values
 and gradients stay finite and accurate at extreme logits, built on a small set of primitives
-with custom derivative rules. See ``shared/NUMERICS.md`` in the project for the accuracy
+with custom derivative rules. See ``docs/numerics.md`` in the project for the accuracy
 standard (condition-scaled ulps).
 """
 

@@ -1,6 +1,6 @@
 r"""Numerical primitives: every loss in jaxce is built from these and nothing else.
 
-The accuracy standard is the condition-scaled error of ``shared/NUMERICS.md``. The common idea
+The accuracy standard is the condition-scaled error of ``docs/numerics.md``. The common idea
 is to keep the small quantities small: the log-sum-exp of a row is computed as
 ``m + log1p(S')`` where ``m`` is the row maximum and ``S'`` sums ``exp(x_k - m)`` over every class
 but *one* arg-max, so a row dominated by one class gives ``S'`` itself (say ``1e-30``), not

@@ -1,8 +1,8 @@
 """Reference values and condition numbers for jaxce's accuracy tests.
 
-This module is the yardstick of ``/work/shared/NUMERICS.md``: it computes the exact value ``r`` and
-the condition number ``κ`` of every quantity that jaxce returns, so that a computed value ``v`` can
-be scored in condition-scaled ulps, ``e = |v − r| / (u·(|r| + κ))`` (see
+This module is the yardstick of the accuracy standard (``docs/numerics.md``): it computes the
+exact value ``r`` and the condition number ``κ`` of every quantity that jaxce returns, so that a
+computed value ``v`` can be scored in condition-scaled ulps, ``e = |v − r| / (u·(|r| + κ))`` (see
 :func:`condition_scaled_error`). It imports only numpy (and mpmath, lazily); never JAX.
 
 Two families with the same semantics:
@@ -112,6 +112,7 @@ import numpy.typing as npt
 __all__ = [
     "Ref",
     "condition_scaled_error",
+    "flush_floor",
     "mp_kl_divergence",
     "mp_kl_divergence_with_log_targets",
     "mp_log_sigmoid",
@@ -1163,7 +1164,9 @@ def _mp_error(v: Any, r: Any, kappa: Any, u: float, tiny: float, mp: Any) -> flo
 _FLOAT64_TINY = 2.2250738585072014e-308
 
 
-def _np_error(va: FloatArray, ra: FloatArray, ka: FloatArray, u: float, tiny: float) -> FloatArray:
+def _np_error(
+    va: FloatArray, ra: FloatArray, ka: FloatArray, u: float, tiny: float | FloatArray
+) -> FloatArray:
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         den = u * (np.abs(ra) + ka)
         e = np.abs(va - ra) / den
@@ -1178,7 +1181,7 @@ def _np_error(va: FloatArray, ra: FloatArray, ka: FloatArray, u: float, tiny: fl
 
 
 def _mp_list_error(
-    vf: FloatArray, rl: list[Any], kl: list[Any], u: float, tiny: float
+    vf: FloatArray, rl: list[Any], kl: list[Any], u: float, tiny: float | FloatArray
 ) -> FloatArray:
     """Elementwise error against lists of exact (mpf) references.
 
@@ -1188,6 +1191,7 @@ def _mp_list_error(
     evaluated in mpmath.
     """
     n = vf.shape[0]
+    tiny_a = np.broadcast_to(np.asarray(tiny, np.float64), (n,))
     rf = np.array([float(a) for a in rl], dtype=np.float64)
     kf = np.array([float(a) for a in kl], dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -1199,19 +1203,27 @@ def _mp_list_error(
             safe[i] = True
     out = np.zeros(n, dtype=np.float64)
     if safe.any():
-        out[safe] = _np_error(vf[safe], rf[safe], kf[safe], u, tiny)
+        out[safe] = _np_error(vf[safe], rf[safe], kf[safe], u, tiny_a[safe])
     rest = np.flatnonzero(~safe)
     if rest.size:
         with _workdps(30) as mp:
             for i in rest:
-                out[i] = _mp_error(vf[i], rl[i], kl[i], u, tiny, mp)
+                out[i] = _mp_error(vf[i], rl[i], kl[i], u, float(tiny_a[i]), mp)
     return out
 
 
+def flush_floor(t: npt.ArrayLike, tiny: float) -> FloatArray:
+    """The flush floor of a soft-label gradient ``T·p_j − t_j`` per row of targets ``t``
+    (``[..., V]``, kept dims): ``tiny·max(1, Σ|t_k|)``. XLA flushes a subnormal ``p_j`` to 0, so
+    ``T·p_j`` can be 0 where its exact value is as large as ``|T|·tiny`` (targets above 1)."""
+    ta = np.abs(np.asarray(t, np.float64))
+    return tiny * np.maximum(1.0, np.sum(np.where(np.isfinite(ta), ta, 0.0), -1, keepdims=True))
+
+
 def condition_scaled_error(
-    v: Any, r: Any, kappa: Any, u: float, tiny: float = FLOAT32_TINY
+    v: Any, r: Any, kappa: Any, u: float, tiny: float | FloatArray = FLOAT32_TINY
 ) -> float | FloatArray:
-    """Condition-scaled error ``e = |v − r| / (u·(|r| + κ))`` (NUMERICS.md §1).
+    """Condition-scaled error ``e = |v − r| / (u·(|r| + κ))`` (``docs/numerics.md``).
 
     Rules, in order of precedence: r NaN → 0 iff v is NaN, else inf (an extension: where the
     reference itself is NaN, a NaN result is correct); v NaN → inf; r = ±inf → 0 iff v == r, else
@@ -1219,7 +1231,9 @@ def condition_scaled_error(
     → 0 (the same flush, applied to an intermediate: a term whose exact value is subnormal, e.g.
     ``T·p_j = 1e-39`` inside the gradient ``T·p_j − t_j`` with ``t_j = 2e-37``, comes back as 0, an
     absolute error no flush-to-zero arithmetic can resolve); r == 0 and κ == 0 → 0 iff v == 0,
-    else inf.
+    else inf. ``tiny`` may be an array broadcastable to ``v``: a flushed intermediate scaled by
+    a coefficient of the inputs (``T·p_j`` with ``|T| > 1``: the flushed ``p_j`` costs up to
+    ``|T|·tiny``) is scored with that scaled floor (:func:`flush_floor`).
 
     ``v`` is the computed value (float, numpy scalar/array of any float dtype; upcast exactly).
     A scalar mpf ``r`` against an array ``v`` is broadcast (an array comes back).
@@ -1233,7 +1247,7 @@ def condition_scaled_error(
         va = np.asarray(v)
         if va.ndim == 0 or va.size == 1:
             with _workdps(30) as mp:
-                e1 = _mp_error(va.reshape(-1)[0], r, kappa, u, tiny, mp)
+                e1 = _mp_error(va.reshape(-1)[0], r, kappa, u, float(np.max(tiny)), mp)
             return e1 if va.ndim == 0 else np.full(va.shape, e1)
         r = [r] * va.size
     if isinstance(r, np.ndarray) and r.dtype == object:
@@ -1340,7 +1354,8 @@ def mp_softmax_focal_loss(
     """Focal loss ``-Σ α_k t_k (1 - p_k)^γ log p_k`` of one row (or PolyLoss with
     ``kind="poly"``), with κ = Σ_k |x_k ∂r/∂x_k| and κ_grad_j = Σ_k |x_k ∂g_j/∂x_k| (central
     differences of the exact gradient at ``dps`` digits) plus the magnitude of the smaller of
-    the two forms of the gradient's final difference (the ``min(...)`` term of NUMERICS.md).
+    the two forms of the gradient's final difference (the ``min(...)`` term of
+    ``docs/numerics.md``).
 
     Rows with ``+inf``, NaN or a positive target on a ``-inf`` logit are not supported.
     """

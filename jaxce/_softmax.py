@@ -73,7 +73,7 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False, s_lanes=16):
     cannot overflow where ``m - x_k`` would (logits spanning more than the dtype's max): the
     loss is finite whenever it is.
     grad_x = T p - t, except at a unique arg-max, where (T - t_j) - T S'/(1 + S') keeps the
-    small 1 - p_j exact (``shared/NUMERICS.md``, the min(...) term of kappa); the complement
+    small 1 - p_j exact (``docs/numerics.md``, the min(...) term of kappa); the complement
     mass T - t_j comes from the compensated label total ``(s, c)`` as ``(s - t_j) + c``, with
     ``s - t_j`` exact when it is small (Sterbenz), evaluated in the gradient's elementwise pass.
     grad_t = -log p, 0 for absent classes (zero target and zero probability) and masked ones.
@@ -268,7 +268,7 @@ def softmax_cross_entropy(
     [0.2761, 2.9518]
 
     References:
-      optax #896 (NaN for ``-inf`` logits with zero labels); ``shared/NUMERICS.md``.
+      optax #896 (NaN for ``-inf`` logits with zero labels); ``docs/numerics.md``.
     """
     x = float_array("logits", logits)
     axes = canonical_axes(axis, x.ndim)
@@ -476,7 +476,7 @@ def _integer_ce_pieces(
     gradient; the target logit is gathered. With ``m`` the row max and ``S'`` the mass beyond
     one arg-max, ``loss = (m - x_y) + log1p(S')``: both terms >= 0, and when the label is the
     arg-max it is ``log1p(S')`` to full relative precision. This equals
-    ``softplus(lse_{k != y} - x_y)`` of ``shared/NUMERICS.md``. Gradient ``p_k = e_k / (1 + S')``
+    ``softplus(lse_{k != y} - x_y)`` of ``docs/numerics.md``. Gradient ``p_k = e_k / (1 + S')``
     for ``k != y``; at ``y``: ``-S' / (1 + S')`` (that is ``-(1 - p_y)``, exact) when ``x_y``
     is the max, else ``p_y - 1`` with ``p_y < 1/2`` (no cancellation). Empty, ``+inf``, NaN,
     masked-label and bad-label rows are settled by row-level selects.

@@ -1,4 +1,4 @@
-"""The accuracy bar, measured as in shared/NUMERICS.md: condition-scaled ulps vs mpmath.
+"""The accuracy bar, measured as in docs/numerics.md: condition-scaled ulps vs mpmath.
 
 For every function, in float32 and float64, on the hard-input grid of ``jaxce._grid``:
 value error <= 4 and every gradient component <= 8 condition-scaled ulps for up to 1,000 classes
@@ -50,8 +50,11 @@ class Worst:
             setattr(self, f"where_{kind}", label)
 
 
-def _errors(v, r, kappa, dtype: str) -> np.ndarray:
-    e = ref.condition_scaled_error(np.asarray(v, np.float64), r, kappa, U[dtype], TINY[dtype])
+def _errors(v, r, kappa, dtype: str, targets=None) -> np.ndarray:
+    """Condition-scaled errors; ``targets`` (a soft-label row) scales the flush floor of the
+    gradient (``jaxce._reference.flush_floor``)."""
+    tiny = TINY[dtype] if targets is None else ref.flush_floor(targets, TINY[dtype])
+    e = ref.condition_scaled_error(np.asarray(v, np.float64), r, kappa, U[dtype], tiny)
     return np.atleast_1d(np.asarray(e, np.float64))
 
 
@@ -202,7 +205,10 @@ def _score(name: str, batch: RowBatch, dtype: str, worst: Worst) -> None:
         ev = _errors(value[i], r.value, r.kappa, dtype)
         worst.update("value", float(np.max(ev)), label)
         if grad is not None:
-            eg = _errors(grad[i], r.grad, r.kappa_grad, dtype)
+            # soft labels: a flushed subnormal p_j times T inside T·p_j − t_j
+            soft = spec.labels not in (None, "int") and spec.inputs == "logits"
+            floor = t64[i] if soft else None
+            eg = _errors(grad[i], r.grad, r.kappa_grad, dtype, floor)
             worst.update("grad", float(np.max(eg)), label)
 
 

@@ -2,7 +2,7 @@
 
 The reinforcement-learning case is the point: actions masked with ``-inf`` logits or ``where``
 give exact zeros in value, gradient and Hessian (PyTorch #40553, huggingface/trl #7221: NaN).
-Accuracy is scored in condition-scaled ulps against mpmath (shared/NUMERICS.md), with the
+Accuracy is scored in condition-scaled ulps against mpmath (docs/numerics.md), with the
 condition numbers documented in ``jaxce._reference`` (mp_entropy, mp_kl_divergence_with_logits,
 mp_jensen_shannon_divergence).
 """
@@ -364,7 +364,7 @@ def test_nearly_equal_distributions_no_cancellation(name, scale, eps, dtype, x64
 
 
 # --------------------------------------------------------------------------------------------
-# mpmath accuracy grids (condition-scaled ulps, shared/NUMERICS.md)
+# mpmath accuracy grids (condition-scaled ulps, docs/numerics.md)
 # --------------------------------------------------------------------------------------------
 
 

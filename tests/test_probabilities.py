@@ -201,7 +201,7 @@ def test_categorical_cross_entropy_accuracy(labels_kind, dtype, x64, request):
             t = np.eye(p.shape[1])[labels[i]] if integer else labels[i]
             if w is not None:
                 # The weighted target w_k·t_k is formed first; where it is subnormal XLA flushes
-                # it to 0 (NUMERICS.md's subnormal rule, applied to that intermediate): the
+                # it to 0 (docs/numerics.md's subnormal rule, applied to that intermediate): the
                 # class is then absent, also at p_k = 0 (gradient 0 instead of -inf).
                 t = np.where(np.abs(w * t) < TINY[dtype], 0.0, t)
             r = ref.mp_categorical_cross_entropy_probs(p[i], t, w, where[i])

@@ -10,7 +10,7 @@ labels also outside [0, 1]; KL targets are kept >= 0).
 Properties (see each test's docstring):
 
 * agreement with the float64 reference of ``jaxce._reference`` (mpmath for float64 results)
-  within the accuracy standard of ``shared/NUMERICS.md``: value <= 4, gradient <= 8
+  within the accuracy standard of ``docs/numerics.md``: value <= 4, gradient <= 8
   condition-scaled ulps;
 * range: losses >= 0 (exactly), KL >= the log-sum bound, ``log_softmax``/``log_sigmoid`` <= 0,
   ``softmax``/``sigmoid`` in [0, 1], ``max <= logsumexp <= max + log n``;
@@ -562,6 +562,9 @@ def _score(name: str, inp: Inputs, value: jax.Array, grad: jax.Array) -> Errors:
     uv, ug = _u(value.dtype), _u(grad.dtype)
     tv, tg = _tiny(value.dtype), _tiny(grad.dtype)
     v, g = _f64(value), _f64(grad)
+    if name in ("softmax_cross_entropy", "safe_softmax_cross_entropy"):
+        # a flushed subnormal p_j times T inside T·p_j − t_j (targets above 1)
+        tg = np.broadcast_to(ref.flush_floor(inp.t, tg), g.shape)
     exact = inp.dtype == "float64"
     if name in PER_CLASS:
         # Value: the reference. Gradient (a VJP): the propagated bound of _vjp_reference.
@@ -633,7 +636,8 @@ def _mp_scored(name, inp: Inputs, v, g, uv, tv, ug, tg) -> tuple[np.ndarray, np.
         r = _mp_row_reference(name, xs[i], ts[i], ys[i] if ys.size else 0, lts[i], w)
         ev[i] = ref.condition_scaled_error(vr[i], r.value, r.kappa, uv, tv)
         if eg is not None:
-            eg[i] = ref.condition_scaled_error(gr[i], r.grad, r.kappa_grad, ug, tg)
+            tgi = tg if np.ndim(tg) == 0 else np.asarray(tg).reshape(-1, V)[i]
+            eg[i] = ref.condition_scaled_error(gr[i], r.grad, r.kappa_grad, ug, tgi)
     return ev.reshape(v.shape), None if eg is None else eg.reshape(g.shape)
 
 
@@ -1812,7 +1816,7 @@ def _hessian_of_sum(loss: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
 
 
 def _grad_kappa(loss: Callable[..., jax.Array], z: jax.Array, aux: ExtAux) -> np.ndarray:
-    """κ_j = Σ_k |z_k · ∂g_j/∂z_k| of the gradient g of Σ loss(z, aux) (NUMERICS.md §1), from
+    """κ_j = Σ_k |z_k · ∂g_j/∂z_k| of the gradient g of Σ loss(z, aux) (docs/numerics.md), from
     the Hessian (jit; a bound, not a reference)."""
     h = np.abs(_f64(_hessian_of_sum(loss)(z, aux))).reshape(z.size, z.size)
     return (h @ np.abs(_f64(z)).ravel()).reshape(z.shape)
@@ -1855,7 +1859,7 @@ def test_ext_jit_matches_eager(name, request):
         else:
             assert np.all(_ulp_distance(v, ve) <= 4), (name, v, ve)
         # The gradient: 4 ulps of the row's largest entry plus of the entry's condition κ_j
-        # (NUMERICS.md §1). Entries cancel (p_j - t_j with label smoothing: 0.93 - 0.92), and
+        # (docs/numerics.md). Entries cancel (p_j - t_j with label smoothing: 0.93 - 0.92), and
         # an FMA under jit moves such a difference by an ulp of its terms: 18.6 ulps of the
         # row's largest entry were seen (weights, label_smoothing=0.1, T = 0.5), within 4 ulps
         # of (|g_j| + κ_j).

@@ -40,7 +40,7 @@ def test_scores_are_real_numbers_not_placeholders(float32_results):
 
 
 def test_optax_integer_label_ce_is_reported_as_broken(float32_results):
-    """A loss of 1e-13 comes back from optax as 0: ~1/u ulps (shared/NUMERICS.md)."""
+    """A loss of 1e-13 comes back from optax as 0: ~1/u ulps (docs/numerics.md)."""
     other = float32_results[INT_CE].other
     assert other is not None
     assert other.value > 1e5

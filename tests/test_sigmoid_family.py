@@ -223,7 +223,7 @@ def test_bce_pos_weight_accuracy(dtype, pos_weight, x64):
     r = ref.mp_weighted_sigmoid_binary_cross_entropy(xs, ts, pw)
     ev, eg = _errors(v, r.value, r.kappa, dtype), _errors(g, r.grad, r.kappa_grad, dtype)
     # p_w·softplus(-x) whose softplus factor is subnormal (XLA flushes it): exact value below
-    # p_w·tiny may come back as 0 (the subnormal rule of NUMERICS.md, applied to the factor).
+    # p_w·tiny may come back as 0 (the subnormal rule of docs/numerics.md, applied to the factor).
     flushed = (np.abs(np.array([float(a) for a in r.value])) < pos_weight * TINY[dtype]) & (v == 0)
     ev = np.where(flushed, 0.0, ev)
     gflushed = (np.abs(np.array([float(a) for a in r.grad])) < pos_weight * TINY[dtype]) & (g == 0)

@@ -2,7 +2,7 @@
 label_smoothing, z_loss, logit_soft_cap, temperature, ignore_index), smooth_labels,
 poly_loss_cross_entropy and softmax_focal_loss.
 
-Accuracy is scored in condition-scaled ulps against mpmath (shared/NUMERICS.md) with the
+Accuracy is scored in condition-scaled ulps against mpmath (docs/numerics.md) with the
 project's scorer (tests/test_accuracy.py); the worst errors are printed (run with ``-s``).
 
 Run time: every loss is evaluated through one jitted program per (option, dtype, shape) that

@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 N, C = 6, 4
-# Condition-scaled float32 ulps (NUMERICS.md). jaxce against PyTorch in float64 (the truth):
+# Condition-scaled float32 ulps (docs/numerics.md). jaxce against PyTorch in float64 (the truth):
 # within jaxce's own bound (ULPS); against PyTorch in float32: PYTORCH_ULPS, because PyTorch's
 # gradient forms σ(x) - t, which cancels (130 plain ulps at x = 5.5, t = 1; about 10 scaled).
 ULPS = 8
@@ -69,7 +69,7 @@ def _scales(x, t, w, pw, reduction):
     """|r| + κ for the value and the gradient, per element, reduced like the loss.
 
     Value: loss + |x·g|; gradient: the summands' magnitudes w·((1-t')σ(x) + p_w t σ(-x)) plus
-    |x|·w·((1-t) + p_w t)σ(x)σ(-x), float64 (NUMERICS.md's κ for sigmoid BCE, weighted).
+    |x|·w·((1-t) + p_w t)σ(x)σ(-x), float64 (docs/numerics.md's κ for sigmoid BCE, weighted).
     """
     x = x.astype(np.float64)
     w = np.ones_like(x) if w is None else np.broadcast_to(w, x.shape).astype(np.float64)

@@ -1,7 +1,7 @@
 """jaxce.torch.cross_entropy / nll_loss: parity with torch.nn.functional, values and gradients.
 
 The reference is PyTorch itself in float64 on the exact (float32) inputs; jaxce runs in float32
-and is scored in condition-scaled ulps (shared/NUMERICS.md): the value's condition number is
+and is scored in condition-scaled ulps (docs/numerics.md): the value's condition number is
 ``Σ|x_k ∂L/∂x_k|`` and a gradient component's is ``Σ_k |x_k ∂²L/∂x_j∂x_k| + |∂L/∂x_j|``, both
 from PyTorch's float64 autograd (Hessian included), for the scalar ``L = Σ_n v_n ℓ_n`` with a
 random cotangent ``v`` (so ``reduction="none"`` is checked per example, not only in sum).
