@@ -88,9 +88,9 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False, s_lanes=16):
     shifted = shift_by_max(xm, m)
     e = jnp.exp(shifted)
     tm = t if where is None else jnp.where(where, t, zero)
-    # Strict mode: a label outside [0, 1] makes its example NaN (masked classes are dropped): a NaN
-    # label total spreads to the value and the whole row's gradient. Inside the sum's input,
-    # the check costs no pass of its own.
+    # Strict mode: a label outside [0, 1] makes its example NaN (masked classes are dropped):
+    # a NaN label total spreads to the value and the whole row's gradient. Inside the sum's
+    # input, the check costs no pass of its own.
     t_in = nan_where(outside_unit_interval(tm), tm) if check_targets else tm
     # The value's terms t_k (m - x_k), as (2 t_k)(m/2 - x_k/2): halving is exact, so this is the
     # same product rounded the same way, and m/2 - x_k/2 cannot overflow for finite m and x_k
@@ -102,10 +102,10 @@ def _soft_ce_pieces(x, t, where, axes, check_targets=False, s_lanes=16):
     # The three row sums: S' and the label total T compensated from the first addition (S'
     # since its exact 1 at the arg-max would absorb a tiny rest; T since the gradient T p - t
     # cancels where p ~ t: with a plain 8-term first stage a smoothed label's gradient at a
-    # +inf logit was 9.9 ulps off), and the value's terms (>= 0: labels in [0, 1],
-    # m - x_k >= 0), whose first stage adds a few terms plainly (see `_pairs_value`). With
-    # `target_checks(False)` a negative label is accepted; its row's T is then accurate
-    # relative to the sum of |t|, not to T.
+    # +inf logit was 9.9 ulps off), and the value's terms t_k (m - x_k), whose first stage
+    # adds a few terms plainly (see `_pairs_value`): >= 0 for non-negative labels; with
+    # labels of both signs the sum is accurate relative to sum_k |t_k| (m - x_k), which the
+    # accuracy standard scores such rows against (the halves t+ and t-, docs/numerics.md).
     if staged_sums():
         # XLA:CPU: two staged reductions, S' alone with 16 lanes (like the integer-label CE)
         # and T with the terms with 8. One reduction of all three vectorizes only with 4
