@@ -83,6 +83,11 @@ def _kl_inputs(x: np.ndarray, where) -> np.ndarray:
     return np.asarray(ref.np_log_softmax(x, where).value, np.float64)
 
 
+def _per_kind(name: str, call, reference, kinds, **kw) -> dict[str, RowFn]:
+    """``name[kind]`` entries: the same function scored on each target kind."""
+    return {f"{name}[{kind}]": RowFn(call, reference, kind, **kw) for kind in kinds}
+
+
 ROW_FUNCTIONS: dict[str, RowFn] = {
     "logsumexp": RowFn(
         lambda x, t, w: jaxce.logsumexp(x, where=w),
@@ -106,42 +111,34 @@ ROW_FUNCTIONS: dict[str, RowFn] = {
         lambda x, t, w: ref.mp_softmax_cross_entropy_with_integer_labels(x, int(t), w),
         "int",
     ),
-    **{
-        f"softmax_cross_entropy[{kind}]": RowFn(
-            lambda x, t, w: jaxce.softmax_cross_entropy(x, t, where=w),
-            lambda x, t, w: ref.mp_softmax_cross_entropy(x, t, w),
-            kind,
-        )
-        for kind in TARGET_KINDS
-    },
-    **{
-        f"safe_softmax_cross_entropy[{kind}]": RowFn(
-            lambda x, t, w: jaxce.safe_softmax_cross_entropy(x, t),
-            lambda x, t, w: ref.mp_softmax_cross_entropy(x, t),
-            kind,
-        )
-        for kind in ("dirichlet", "signed")
-    },
+    **_per_kind(
+        "softmax_cross_entropy",
+        lambda x, t, w: jaxce.softmax_cross_entropy(x, t, where=w),
+        lambda x, t, w: ref.mp_softmax_cross_entropy(x, t, w),
+        TARGET_KINDS,
+    ),
+    **_per_kind(
+        "safe_softmax_cross_entropy",
+        lambda x, t, w: jaxce.safe_softmax_cross_entropy(x, t),
+        lambda x, t, w: ref.mp_softmax_cross_entropy(x, t),
+        ("dirichlet", "signed"),
+    ),
     # Unnormalized targets ("weighted": t > 1) are in the KL divergences' domain too.
-    **{
-        f"kl_divergence[{kind}]": RowFn(
-            lambda lp, t, w: jaxce.kl_divergence(lp, t, where=w),
-            lambda lp, t, w: ref.mp_kl_divergence(lp, t, w),
-            kind,
-            inputs="log-probs",
-        )
-        for kind in ("dirichlet", "weighted")
-    },
-    **{
-        f"kl_divergence_with_log_targets[{kind}]": RowFn(
-            lambda lp, lt, w: jaxce.kl_divergence_with_log_targets(lp, lt, where=w),
-            lambda lp, lt, w: ref.mp_kl_divergence_with_log_targets(lp, lt, w),
-            kind,
-            inputs="log-probs",
-            log_labels=True,
-        )
-        for kind in ("sparse-dirichlet", "weighted")
-    },
+    **_per_kind(
+        "kl_divergence",
+        lambda lp, t, w: jaxce.kl_divergence(lp, t, where=w),
+        lambda lp, t, w: ref.mp_kl_divergence(lp, t, w),
+        ("dirichlet", "weighted"),
+        inputs="log-probs",
+    ),
+    **_per_kind(
+        "kl_divergence_with_log_targets",
+        lambda lp, lt, w: jaxce.kl_divergence_with_log_targets(lp, lt, where=w),
+        lambda lp, lt, w: ref.mp_kl_divergence_with_log_targets(lp, lt, w),
+        ("sparse-dirichlet", "weighted"),
+        inputs="log-probs",
+        log_labels=True,
+    ),
 }
 
 

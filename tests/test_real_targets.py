@@ -50,16 +50,23 @@ def _value_grad(fn, x, t):
     return value, gx, gt
 
 
+def _matches_optax(name: str, x, t, rtol=RTOL):
+    """jaxce.name == optax.losses.name: value and gradients wrt logits and targets, jitted;
+    returns jaxce's ``(value, grad_x, grad_t)``."""
+    ours = _value_grad(getattr(jaxce, name), x, t)
+    theirs = _value_grad(getattr(optax.losses, name), x, t)
+    for a, b in zip(ours, theirs, strict=True):
+        _assert_close(a, b, rtol=rtol)
+    return ours
+
+
 @pytest.mark.parametrize(
     "name", ["softmax_cross_entropy", "safe_softmax_cross_entropy", "poly_loss_cross_entropy"]
 )
 def test_advantage_weighted_cross_entropy_matches_optax(name):
     """REINFORCE / actor-critic: softmax_cross_entropy(logits, one_hot(a) * A[:, None])."""
     targets = ONE_HOT * ADVANTAGES[:, None]
-    ours = _value_grad(getattr(jaxce, name), LOGITS, targets)
-    theirs = _value_grad(getattr(optax.losses, name), LOGITS, targets)
-    for a, b in zip(ours, theirs, strict=True):
-        _assert_close(a, b)
+    ours = _matches_optax(name, LOGITS, targets)
     # vmap over examples == the batched call
     per_row = jax.vmap(getattr(jaxce, name))(LOGITS, targets)
     np.testing.assert_allclose(per_row, ours[0], rtol=RTOL)
@@ -105,11 +112,7 @@ def test_policy_gradient_training_step_matches_optax():
     ["softmax_cross_entropy", "safe_softmax_cross_entropy", "poly_loss_cross_entropy"],
 )
 def test_weights_folded_into_targets_match_optax(name):
-    targets = ONE_HOT * WEIGHTS[:, None]
-    ours = _value_grad(getattr(jaxce, name), LOGITS, targets)
-    theirs = _value_grad(getattr(optax.losses, name), LOGITS, targets)
-    for a, b in zip(ours, theirs, strict=True):
-        _assert_close(a, b)
+    _matches_optax(name, LOGITS, ONE_HOT * WEIGHTS[:, None])
     smoothed = optax.smooth_labels(ONE_HOT, 0.1) * WEIGHTS[:, None]
     _assert_close(
         jaxce.softmax_cross_entropy(LOGITS, smoothed),
@@ -135,10 +138,7 @@ BINARY_LABELS = jnp.array([[-0.5, 1.5, 2.0, -1.0], [3.0, -0.2, 1.1, 1.0001]])
 
 
 def test_binary_labels_outside_unit_interval_match_optax():
-    ours = _value_grad(jaxce.sigmoid_binary_cross_entropy, BINARY_LOGITS, BINARY_LABELS)
-    theirs = _value_grad(optax.losses.sigmoid_binary_cross_entropy, BINARY_LOGITS, BINARY_LABELS)
-    for a, b in zip(ours, theirs, strict=True):
-        _assert_close(a, b, rtol=1e-5)
+    ours = _matches_optax("sigmoid_binary_cross_entropy", BINARY_LOGITS, BINARY_LABELS, 1e-5)
     # the same through the options path (pos_weight = 1, weights = 1) and jaxce.torch
     opt = jaxce.sigmoid_binary_cross_entropy(
         BINARY_LOGITS, BINARY_LABELS, pos_weight=jnp.ones(4), weights=jnp.ones(4)
@@ -181,10 +181,7 @@ def test_kl_divergences_with_unnormalized_targets_match_optax():
         ("generalized_kl_divergence", t),
         ("kl_divergence_with_log_targets", jnp.log(t)),  # log-targets above 0
     ):
-        ours = _value_grad(getattr(jaxce, name), lp, target)
-        theirs = _value_grad(getattr(optax.losses, name), lp, target)
-        for a, b in zip(ours, theirs, strict=True):
-            _assert_close(a, b, rtol=1e-5)
+        _matches_optax(name, lp, target, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

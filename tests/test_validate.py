@@ -82,9 +82,9 @@ CASES = {
 STRICT_CASES = {n for n in CASES if n != "softmax_cross_entropy_with_integer_labels"}
 
 
-def _mode(name: str) -> contextlib.AbstractContextManager:
-    """The mode in which ``name``'s bad value is an error: strict for targets."""
-    return jaxce.target_checks() if name in STRICT_CASES else contextlib.nullcontext()
+def _strict_if(strict: bool) -> contextlib.AbstractContextManager:
+    """Strict mode where the bad value is a target (checked there only), else no change."""
+    return jaxce.target_checks() if strict else contextlib.nullcontext()
 
 
 def test_every_loss_has_a_value_check():
@@ -98,14 +98,16 @@ def test_eager_bad_value_raises_naming_value_and_position(name):
     if name == "kl_divergence_with_log_targets":
         arg = "log_targets"
     match = re.escape(f"`{arg}` holds {value} at position {position}")
-    with _mode(name), pytest.raises(ValueError, match=match + r".*outside " + domain):
+    strict = _strict_if(name in STRICT_CASES)
+    with strict, pytest.raises(ValueError, match=match + r".*outside " + domain):
         fn(x, bad)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_under_jit_bad_example_is_nan_and_the_others_untouched(name):
     fn, x, good, bad, *_ = CASES[name]
-    with _mode(name):  # traced inside the block: fresh functions (the mode is read at trace)
+    # traced inside the block: fresh functions (the mode is read at trace time)
+    with _strict_if(name in STRICT_CASES):
         clean = jax.jit(lambda a, b: fn(a, b))(x, good)
         out = jax.jit(lambda a, b: fn(a, b))(x, bad)
         grad = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b))))(x, bad)
@@ -576,10 +578,6 @@ STRICT_VALUE_CASES = {
 }
 
 
-def _value_mode(case: str) -> contextlib.AbstractContextManager:
-    return jaxce.target_checks() if case in STRICT_VALUE_CASES else contextlib.nullcontext()
-
-
 def test_every_loss_and_torch_function_has_value_checks():
     covered = {k.split("-")[0] for k in VALUE_CASES} | set(CASES)
     # entropy, kl_divergence_with_logits and jensen_shannon_divergence take logits only:
@@ -604,14 +602,15 @@ def _bad_mask(shape, bad) -> np.ndarray:
 def test_all_losses_eager_bad_value_raises_naming_argument_value_position(case):
     fn, _, bad, arg, value, position, _ = VALUE_CASES[case]
     match = re.escape(f"`{arg}` holds {value} at position {position}")
-    with _value_mode(case), pytest.raises(ValueError, match=match + r".*outside"):
+    strict = _strict_if(case in STRICT_VALUE_CASES)
+    with strict, pytest.raises(ValueError, match=match + r".*outside"):
         fn(*bad)
 
 
 @pytest.mark.parametrize("case", list(VALUE_CASES))
 def test_all_losses_under_jit_bad_value_is_nan_for_its_examples_only(case):
     fn, good, bad, *_, where_bad = VALUE_CASES[case]
-    with _value_mode(case):  # fresh functions: the mode is read at trace time
+    with _strict_if(case in STRICT_VALUE_CASES):  # fresh functions: read at trace time
         clean = np.asarray(jax.jit(lambda *a: fn(*a))(*good))
         out = np.asarray(jax.jit(lambda *a: fn(*a))(*bad))
         g = None
