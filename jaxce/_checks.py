@@ -6,6 +6,7 @@ under ``jit``. Each error names the argument, what it received and what was expe
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 
@@ -13,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from jaxce._validate import check_nonnegative
 
 Axis = int | Sequence[int] | None
 
@@ -168,3 +171,41 @@ def class_weights(
     for a in sorted(axes):
         full[a] = shape[a]
     return jnp.broadcast_to(w.reshape(full), shape)
+
+
+def classes_last(
+    x: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array | None]:
+    """Move the class axes to the end and flatten them (a tuple axis indexes the flat slice)."""
+    batch = tuple(a for a in range(x.ndim) if a not in axes)
+    perm = batch + axes
+    n_batch = len(batch)
+
+    def move(a: jax.Array) -> jax.Array:
+        if perm != tuple(range(a.ndim)):
+            a = a.transpose(perm)
+        return a.reshape((*a.shape[:n_batch], math.prod(a.shape[n_batch:])))
+
+    return move(x), None if mask is None else move(mask)
+
+
+def elementwise_weights(name: str, w: ArrayLike, shape: tuple[int, ...], dtype) -> jax.Array:
+    """``w`` broadcast to the logits' ``shape`` by NumPy rules (a ``ValueError`` otherwise).
+
+    Broadcasting is explicit (``broadcast_to``) so that rank promotion, e.g. ``pos_weight`` of
+    shape ``[num_classes]`` against ``[batch, num_classes]`` logits, is the documented NumPy
+    rule and not a silent promotion inside arithmetic. The weights never enlarge the output.
+    """
+    arr = float_array(name, w).astype(dtype)
+    try:
+        out_shape = np.broadcast_shapes(tuple(arr.shape), shape)
+    except ValueError:
+        out_shape = None
+    if out_shape != shape:
+        raise ValueError(
+            f"`{name}` has shape {tuple(arr.shape)}, which does not broadcast to the logits "
+            f"shape {shape} (NumPy rules: trailing dimensions equal or 1, e.g. "
+            f"[num_classes] for logits [..., num_classes])."
+        )
+    check_nonnegative(name, arr)
+    return jnp.broadcast_to(arr, shape)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxce._checks import Axis, broadcast_pair, canonical_axes, float_array, mask_array
-from jaxce._primitives import row_sum, safe_mul, xlogy
+from jaxce._primitives import safe_mul, xlogy
+from jaxce._rows import Reduction, reduction_for, row_sum
 from jaxce._validate import (
     check_log_probability_targets,
     check_nonnegative_targets,
@@ -40,14 +41,17 @@ def _prepare(
     dtype = jnp.promote_types(lp.dtype, t.dtype)
     axes = canonical_axes(axis, len(shape))
     mask = mask_array(where, tuple(shape), axes)
-    return lp.astype(dtype), t.astype(dtype), axes, mask
+    lp = lp.astype(dtype)
+    return lp, t.astype(dtype), axes, mask, reduction_for(lp)
 
 
-def _masked_sum(terms: jax.Array, axes: tuple[int, ...], mask: jax.Array | None) -> jax.Array:
+def _masked_sum(
+    terms: jax.Array, axes: tuple[int, ...], mask: jax.Array | None, reduction: Reduction
+) -> jax.Array:
     if mask is not None:
         # where, not multiply: a masked term may be inf or NaN.
         terms = jnp.where(mask, terms, jnp.zeros((), terms.dtype))
-    return row_sum(terms, axes)
+    return row_sum(terms, axes, reduction)
 
 
 def kl_divergence(
@@ -84,20 +88,21 @@ def kl_divergence(
     >>> float(jaxce.kl_divergence(jnp.array([-jnp.inf, 0.0]), jnp.array([0.0, 1.0])))
     0.0
     """
-    lp, t, axes, mask = _prepare(
+    lp, t, axes, mask, reduction = _prepare(
         "log_predictions", log_predictions, "targets", targets, axis, where
     )
     check_nonnegative_targets("targets", t, mask)
     check_probability_targets("targets", t, mask)
-    return _kl_core(lp, t, mask, axes, strict_targets())
+    return _kl_core(lp, t, mask, axes, reduction, strict_targets())
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def _kl_core(
     lp: jax.Array,
     t: jax.Array,
     mask: jax.Array | None,
     axes: tuple[int, ...],
+    reduction: Reduction,
     check_targets: bool = False,
 ) -> jax.Array:
     # A negative target (t·log t is not real) makes its example NaN, value and gradient; in
@@ -107,7 +112,7 @@ def _kl_core(
     # A zero target is an absent term, in value and both derivatives (the true derivative
     # with respect to t, log t + 1 - log p, is -inf there); a NaN log-prediction stays NaN.
     lp_t = jnp.where((t == 0) & ~jnp.isnan(lp), jnp.zeros((), lp.dtype), lp)
-    return _masked_sum(xlogy(t, t) - t * lp_t, axes, mask)
+    return _masked_sum(xlogy(t, t) - t * lp_t, axes, mask, reduction)
 
 
 def kl_divergence_with_log_targets(
@@ -146,30 +151,30 @@ def kl_divergence_with_log_targets(
     Returns:
       Per-example divergence, class axes removed, float32 for 16-bit inputs.
     """
-    lp, lt, axes, mask = _prepare(
+    lp, lt, axes, mask, reduction = _prepare(
         "log_predictions", log_predictions, "log_targets", log_targets, axis, where
     )
     check_log_probability_targets("log_targets", lt, mask)
-    return _kl_log_targets_core(lp, lt, mask, axes, strict_targets())
+    return _kl_log_targets_core(lp, lt, mask, axes, reduction, strict_targets())
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def _kl_log_targets_core(
     lp: jax.Array,
     lt: jax.Array,
     mask: jax.Array | None,
     axes: tuple[int, ...],
+    reduction: Reduction,
     check_targets: bool = False,
 ) -> jax.Array:
     if check_targets:
         # Strict mode: a log-target above 0 (or +inf) makes its example NaN, value and
-        # gradient. Checked on the row's maximum (a plain reduction): a select on every
-        # element inside the sum's input made the loss 1.2x slower on CPU. A NaN log-target
-        # is NaN through its term.
+        # gradient. Checked on the row's maximum, which is cheaper than a select on every
+        # element of the sum's input. A NaN log-target is NaN through its term.
         kept = lt if mask is None else jnp.where(mask, lt, -jnp.inf)
         top = jnp.max(kept, axis=axes, keepdims=True, initial=-jnp.inf)
         lt = lt + jnp.where(top <= 0, jnp.zeros((), lt.dtype), jnp.nan)
-    return _masked_sum(_kl_log_term(lt, lp), axes, mask)
+    return _masked_sum(_kl_log_term(lt, lp), axes, mask, reduction)
 
 
 def _log_difference(lt: jax.Array, lp: jax.Array) -> jax.Array:
@@ -182,11 +187,10 @@ def _log_difference(lt: jax.Array, lp: jax.Array) -> jax.Array:
 def _kl_log_term(lt: jax.Array, lp: jax.Array) -> jax.Array:
     """``exp(lt)·(lt - lp)`` per class, with the conventions of :func:`_exp_times`.
 
-    Its derivative rule, ``exp(lt)·(lt - lp + 1)·dlt - exp(lt)·dlp``, is explicit: JAX's own
-    derivative of the ``where`` chains kept ``exp(lt)`` and the case masks as arrays in
-    memory, shared between the sum and the gradient (2.5x optax's time on CPU). Each
-    coefficient is recomputed from the inputs in the pass that needs it (the optimization
-    barrier keeps XLA from merging it with the value's exponential).
+    Its derivative rule, ``exp(lt)·(lt - lp + 1)·dlt - exp(lt)·dlp``, is explicit so that each
+    coefficient is recomputed from the inputs in the pass that needs it (JAX's own derivative
+    of the ``where`` chains stores ``exp(lt)`` and the case masks; the optimization barrier
+    keeps XLA from merging the recomputation with the value's exponential).
     """
     return _exp_times(lt, _log_difference(lt, lp))
 
@@ -223,9 +227,7 @@ def _exp_times(lt: jax.Array, d: jax.Array) -> jax.Array:
     zero = jnp.zeros((), lt.dtype)
     log_tiny = math.log(float(jnp.finfo(lt.dtype).tiny)) * (1.0 - 2.0**-8)
     # `small` includes lt = -inf (a = 0, so the scaled branch gives 0 there, also for d = ±inf
-    # by the last select's lt > -inf). With `small` excluding -inf, XLA:CPU stored it as a
-    # [B, V] boolean array between two passes: 112 MiB of the 384 MiB temp memory of
-    # kl_divergence_with_log_targets at 4096 x 32768 (value + gradient; same time and bits).
+    # by the last select's lt > -inf): excluding it made XLA:CPU store the mask between passes.
     small = lt < log_tiny
     e = jnp.exp(jnp.where(small, 0.25 * lt, lt))  # exp(lt/4) where small, else exp(lt)
     d_inf = jnp.isinf(d)
@@ -347,16 +349,20 @@ def generalized_kl_divergence(
     >>> float(jaxce.generalized_kl_divergence(lp, jnp.array([0.5, 0.5])))  # optax: 0.0
     1.02...e-12
     """
-    lp, t, axes, mask = _prepare(
+    lp, t, axes, mask, reduction = _prepare(
         "log_predictions", log_predictions, "targets", targets, axis, where
     )
     check_nonnegative_targets("targets", t, mask)
-    return _generalized_kl_core(lp, t, mask, axes)
+    return _generalized_kl_core(lp, t, mask, axes, reduction)
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
+@functools.partial(jax.jit, static_argnums=(3, 4))
 def _generalized_kl_core(
-    lp: jax.Array, t: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
+    lp: jax.Array,
+    t: jax.Array,
+    mask: jax.Array | None,
+    axes: tuple[int, ...],
+    reduction: Reduction,
 ) -> jax.Array:
     t = nan_where(negative(t), t)  # not a mass: NaN for that example
     zero = jnp.zeros((), lp.dtype)
@@ -370,7 +376,7 @@ def _generalized_kl_core(
     r = jnp.log(t_safe) - lp_safe
     present = bregman_term(t_safe, jnp.where(pos, v, one), r)
     present = jnp.where(jnp.isposinf(lp), jnp.array(jnp.inf, lp.dtype), present)
-    return _masked_sum(jnp.where(pos, present, v), axes, mask)
+    return _masked_sum(jnp.where(pos, present, v), axes, mask, reduction)
 
 
 def convex_kl_divergence(

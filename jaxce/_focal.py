@@ -2,7 +2,7 @@ r"""Losses that reweight the softmax cross-entropy by the complement probability
 PolyLoss (optax ``poly_loss_cross_entropy``) and the multi-class focal loss.
 
 Both need ``q_k = 1 - p_k`` without cancellation. From the shared row pieces
-(:func:`jaxce._primitives.row_parts`: row max ``m``, ``S'`` the sum of ``exp(x - m)`` over all
+(:func:`jaxce._rows.row_stats`: row max ``m``, ``S'`` the sum of ``exp(x - m)`` over all
 classes but one arg-max), a dominant class (the unique arg-max with ``p > 1/2``) has
 ``q = S'/(1 + S')`` and ``log q = log S' - log1p(S')``, exact when ``q`` is ``1e-30``; every other
 class has ``p <= 1/2``, where ``1 - p`` and ``log1p(-p)`` lose nothing.
@@ -25,8 +25,10 @@ from jaxce._checks import (
     mask_array,
     same_rank_broadcast,
 )
-from jaxce._primitives import RowParts, row_parts, row_sum, safe_mul
-from jaxce._softmax import _coefficient, _soft_ce_core, _soft_ce_pieces
+from jaxce._options import NONNEGATIVE, scalar_option
+from jaxce._primitives import safe_mul
+from jaxce._rows import Reduction, RowStats, reduction_for, row_stats, row_sum
+from jaxce._softmax import soft_ce_core, soft_ce_pieces
 from jaxce._validate import (
     check_nonnegative,
     check_probability_targets,
@@ -40,14 +42,14 @@ __all__ = ["poly_loss_cross_entropy", "softmax_focal_loss"]
 
 
 def _complement(
-    x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]
-) -> tuple[RowParts, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Row pieces, the dominant-class indicator, ``p``, ``q = 1 - p`` and ``log q``.
+    x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], reduction: Reduction
+) -> tuple[RowStats, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Row statistics, the dominant-class indicator, ``p``, ``q = 1 - p`` and ``log q``.
 
     Plain jnp (differentiable by JAX with the right derivatives, also at ``±inf`` logits and
-    masked classes, where ``row_parts`` keeps every intermediate finite or exactly ``-inf``).
+    masked classes, where the row statistics keep every intermediate finite or ``-inf``).
     """
-    parts = row_parts(x, where, axes)
+    parts, _ = row_stats(x, where, axes, reduction)
     zero, one = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
     dominant = parts.top & (parts.s1 < 1.0)  # S' < 1: a unique arg-max
     one_plus = 1.0 + parts.s1
@@ -87,21 +89,22 @@ def _ratio_jvp(primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, 
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def _poly_core(
     x: jax.Array,
     t: jax.Array,
     mask: jax.Array | None,
     eps: jax.Array,
     axes: tuple[int, ...],
+    reduction: Reduction,
     check_targets: bool,
 ) -> jax.Array:
+    """``CE(x, t) + eps · sum_k t_k (1 - p_k)``."""
     if check_targets:
         t = nan_where(outside_unit_interval(t), t)
-    ce = _soft_ce_core(x, t, mask, axes, False)
-    _, _, _, q, _ = _complement(x, mask, axes)
+    _, _, _, q, _ = _complement(x, mask, axes, reduction)
     tm = t if mask is None else jnp.where(mask, t, jnp.zeros((), x.dtype))
-    return ce + eps * row_sum(tm * q, axes)
+    return soft_ce_core(x, t, mask, axes, reduction) + eps * row_sum(tm * q, axes, reduction)
 
 
 def poly_loss_cross_entropy(
@@ -167,15 +170,10 @@ def poly_loss_cross_entropy(
     axes = canonical_axes(axis, x.ndim)
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
     mask = mask_array(where, tuple(x.shape), axes)
-    eps = jnp.asarray(epsilon)
-    if eps.ndim != 0 or not (
-        jnp.issubdtype(eps.dtype, jnp.floating) or jnp.issubdtype(eps.dtype, jnp.integer)
-    ):
-        raise TypeError(
-            f"`epsilon` must be a real scalar; got dtype {eps.dtype}, shape {tuple(eps.shape)}."
-        )
+    eps = scalar_option("epsilon", epsilon, x.dtype, None)
     check_probability_targets("labels", t, mask)
-    return _poly_core(x, t, mask, eps.astype(x.dtype), axes, strict_targets())
+    reduction = reduction_for(x, jnp.result_type(logits))
+    return _poly_core(x, t, mask, eps, axes, reduction, strict_targets())
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,7 +212,7 @@ def _modulating_factor(q: jax.Array, log_q: jax.Array, gamma: jax.Array) -> jax.
     return power * jnp.exp(safe_mul(gamma - n, log_q))
 
 
-def _focal_pieces(x, a, gamma, where, axes):
+def _focal_pieces(x, a, gamma, where, axes, reduction):
     """Value, gradient wrt logits, wrt the weighted labels ``a`` and wrt ``gamma``.
 
     With ``c_k = q_k^γ (1 + γ p_k h_k)``, ``h_k = -log p_k / q_k`` (-> 1 as q_k -> 0):
@@ -222,14 +220,14 @@ def _focal_pieces(x, a, gamma, where, axes):
     p_j Σ_{k≠j} a_k c_k - a_j c_j q_j (no cancellation when 1 - p_j is tiny). Every factor is
     finite for γ >= 0, also where q^(γ-1) alone would be infinite.
     """
-    parts, dominant, p, q, log_q = _complement(x, where, axes)
+    parts, dominant, p, q, log_q = _complement(x, where, axes, reduction)
     zero, one = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
     am = a if where is None else jnp.where(where, a, zero)
     mod = _modulating_factor(q, log_q, gamma)  # (1 - p)^γ
     eff = am * mod
     # The value is the soft-label core with labels a_k (1 - p_k)^γ: for γ = 0 it is the
     # (weighted) cross-entropy bit for bit.
-    value = _soft_ce_pieces(x, eff, where, axes)[0]
+    value = soft_ce_pieces(x, eff, where, axes, reduction)[0]
     nlp = jnp.log1p(parts.s1) - parts.shifted
     # h is only used as p * h: where p = 0 (masked or -inf logit, nlp = +inf) or q = 0 the term is
     # absent, so both operands are replaced first (double `where`: no inf / 1 in any derivative).
@@ -237,27 +235,27 @@ def _focal_pieces(x, a, gamma, where, axes):
     h = jnp.where(no_h, one, _ratio(jnp.where(no_h, one, nlp), jnp.where(no_h, one, q)))
     c = mod * (1.0 + gamma * safe_mul(p, h))
     ac = am * c
-    total = row_sum(ac, axes, keepdims=True)
-    rest = row_sum(jnp.where(dominant, zero, ac), axes, keepdims=True)
+    total = row_sum(ac, axes, reduction, keepdims=True)
+    rest = row_sum(jnp.where(dominant, zero, ac), axes, reduction, keepdims=True)
     grad_x = jnp.where(dominant, p * rest - ac * q, p * total - ac)
     absent = (am == 0) & (parts.e == 0)
     if where is not None:
         absent = absent | ~where
     grad_a = jnp.where(absent, zero, mod * nlp)
-    grad_gamma = row_sum(safe_mul(safe_mul(eff, nlp), log_q), axes)
+    grad_gamma = row_sum(safe_mul(safe_mul(eff, nlp), log_q), axes, reduction)
     return value, grad_x, grad_a, grad_gamma
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _focal(x, a, gamma, where, axes):
-    return _focal_pieces(x, a, gamma, where, axes)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _focal(x, a, gamma, where, axes, reduction):
+    return _focal_pieces(x, a, gamma, where, axes, reduction)[0]
 
 
 @functools.partial(_focal.defjvp, symbolic_zeros=True)
-def _focal_jvp(axes, primals, tangents):
+def _focal_jvp(axes, reduction, primals, tangents):
     x, a, gamma, where = primals
     x_dot, a_dot, gamma_dot, _ = tangents
-    value, grad_x, grad_a, grad_gamma = _focal_pieces(x, a, gamma, where, axes)
+    value, grad_x, grad_a, grad_gamma = _focal_pieces(x, a, gamma, where, axes, reduction)
     tangent = jnp.zeros_like(value)
     if not isinstance(x_dot, SymbolicZero):
         tangent = tangent + jnp.sum(grad_x * x_dot, axis=axes)
@@ -268,12 +266,12 @@ def _focal_jvp(axes, primals, tangents):
     return value, tangent
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6))
-def _focal_core(x, t, alpha, gamma, mask, axes, check_targets):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7))
+def _focal_core(x, t, alpha, gamma, mask, axes, reduction, check_targets):
     if check_targets:
         t = nan_where(outside_unit_interval(t), t)
     a = t if alpha is None else nan_where(negative(alpha), alpha) * t
-    return _focal(x, a, gamma, mask, axes)
+    return _focal(x, a, gamma, mask, axes, reduction)
 
 
 def softmax_focal_loss(
@@ -350,7 +348,7 @@ def softmax_focal_loss(
     axes = canonical_axes(axis, x.ndim)
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
     mask = mask_array(where, tuple(x.shape), axes)
-    g = _coefficient("gamma", gamma, x.dtype, None)
+    g = scalar_option("gamma", gamma, x.dtype, NONNEGATIVE)
     a = None
     if alpha is not None:
         raw = float_array("alpha", alpha)
@@ -360,4 +358,5 @@ def softmax_focal_loss(
             a = class_weights("alpha", raw, tuple(x.shape), axes, x.dtype)
         check_nonnegative("alpha", raw)
     check_probability_targets("labels", t, mask)
-    return _focal_core(x, t, a, g, mask, axes, strict_targets())
+    reduction = reduction_for(x, jnp.result_type(logits))
+    return _focal_core(x, t, a, g, mask, axes, reduction, strict_targets())

@@ -8,8 +8,8 @@ must leave no trace, in the value *and* in every derivative. The usual formulas
 (PyTorch #40553 for ``Categorical(logits=...).entropy()``, huggingface/trl #7221 for
 ``entropy_from_logits``, optax #896 / PR #1786 for the same ``0 · log 0`` in the losses).
 
-Every function here is built on the shared pieces of :mod:`jaxce._primitives`: one
-``row_parts`` per distribution gives ``x - m``, ``exp(x - m)`` and ``S'``, from which
+Every function here is built on the row statistics of :mod:`jaxce._rows`: one
+``row_stats`` per distribution gives ``x - m``, ``exp(x - m)`` and ``S'``, from which
 ``log p = (x - m) - log1p(S')`` and ``p = e / (1 + S')`` (the same log-softmax and softmax as
 :func:`jaxce.log_softmax` / :func:`jaxce.softmax`), and products with a zero probability go
 through :func:`jaxce.safe_mul`. Each function has a ``jax.custom_jvp`` whose rule is itself
@@ -29,7 +29,8 @@ from jax.typing import ArrayLike
 
 from jaxce._checks import Axis, broadcast_pair, canonical_axes, float_array, mask_array
 from jaxce._divergences import bregman_term
-from jaxce._primitives import RowParts, _softplus, _two_sum, row_parts, row_sum
+from jaxce._primitives import stable_softplus
+from jaxce._rows import Reduction, RowStats, reduction_for, row_stats, row_sum, two_sum
 
 __all__ = ["entropy", "jensen_shannon_divergence", "kl_divergence_with_logits"]
 
@@ -39,24 +40,14 @@ __all__ = ["entropy", "jensen_shannon_divergence", "kl_divergence_with_logits"]
 # --------------------------------------------------------------------------------------------
 
 
-def _log_p(parts: RowParts) -> jax.Array:
-    """log_softmax from the row's parts: ``(x - m) - log1p(S')`` (as jaxce.log_softmax)."""
-    return parts.shifted - jnp.log1p(parts.s1)
-
-
-def _p(parts: RowParts) -> jax.Array:
-    """softmax from the row's parts: ``e / (1 + S')`` (as jaxce.softmax)."""
-    return parts.e / (1.0 + parts.s1)
-
-
-def _p_times(parts: RowParts, c: jax.Array, scale: float = 1.0) -> jax.Array:
+def _p_times(parts: RowStats, c: jax.Array, scale: float = 1.0) -> jax.Array:
     """``p_k · c_k`` with ``p = e / (1 + S')``, also where ``p_k`` alone is subnormal.
 
     A gradient ``p_k (m - x_k - A)`` is normal for ``p_k`` down to ``tiny / 100``; forming
     ``p_k`` first flushes it to 0 (XLA flushes subnormals). Here ``e_k · c_k`` is
     ``(e^{s/2} c_k) e^{s/2}`` (``s = x_k - m``; ``s/2`` is exact and both factors are normal
     wherever the product can be), then divided by ``1 + S'``, and corrected for the rounding
-    of ``s`` itself (``RowParts.lo``: a class 100 nats below the top otherwise carries a
+    of ``s`` itself (``RowStats.shift_error``: a class 100 nats below the top otherwise carries a
     relative error of ``100 u`` in ``p_k``). A zero-probability class
     (``s = -inf``) gives 0 whatever ``c`` (0 · inf = 0); ``c = ±inf`` on a class of positive
     probability gives ``±inf``; NaN propagates. ``scale`` (a power of 2) multiplies the result
@@ -69,14 +60,14 @@ def _p_times(parts: RowParts, c: jax.Array, scale: float = 1.0) -> jax.Array:
     c_live = jnp.where(live, c, zero)
     c_fin = jnp.where(jnp.isinf(c_live), zero, c_live)
     out = ((eh * c_fin) * (eh * scale)) / (1.0 + parts.s1)
-    # exp(x - m), not exp(fl(x - m)) (see RowParts.lo); an overflowed product stays inf.
-    out = jnp.where(jnp.isfinite(out), out + out * parts.lo, out)
+    # exp(x - m), not exp(fl(x - m)) (see RowStats.shift_error); an overflowed product stays inf.
+    out = jnp.where(jnp.isfinite(out), out + out * parts.shift_error, out)
     out = jnp.where(jnp.isinf(c_live), jax.lax.stop_gradient(c_live), out)
     return jnp.where(live, out, zero)
 
 
 def _centered(
-    parts: RowParts,
+    parts: RowStats,
     pos: jax.Array,
     d: jax.Array,
     mean: jax.Array,
@@ -109,6 +100,7 @@ def _centered(
     rest = row_sum(
         jnp.where(dom | ~pos, zero, _p_times(parts, jnp.where(pos, diffs, zero))),
         axes,
+        parts.reduction,
         keepdims=True,
     )
     return jnp.where(dom, rest, plain)
@@ -117,7 +109,9 @@ def _centered(
 _SCALE = 2.0**64
 
 
-def _small_row_sum(terms_of, axes: tuple[int, ...], keepdims: bool = False) -> jax.Array:
+def _small_row_sum(
+    terms_of, axes: tuple[int, ...], reduction: Reduction, keepdims: bool = False
+) -> jax.Array:
     """``row_sum(terms_of(1))``, but a row whose terms are below the normal range one by one
     (XLA flushes them to 0) while their sum is not, is summed scaled by ``2^64`` instead.
 
@@ -125,8 +119,8 @@ def _small_row_sum(terms_of, axes: tuple[int, ...], keepdims: bool = False) -> j
     (an exact power of 2); the scaled sum is used where the plain one is below ``2^-60``, where
     no scaled term can overflow.
     """
-    plain = row_sum(terms_of(1.0), axes, keepdims)
-    scaled = row_sum(terms_of(_SCALE), axes, keepdims) * (1.0 / _SCALE)
+    plain = row_sum(terms_of(1.0), axes, reduction, keepdims)
+    scaled = row_sum(terms_of(_SCALE), axes, reduction, keepdims) * (1.0 / _SCALE)
     return jnp.where(plain < 2.0**-60, scaled, plain)
 
 
@@ -177,28 +171,30 @@ def _zero_masked(t: jax.Array, where: jax.Array | None) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def _entropy_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
-    parts = row_parts(x, where, axes)
-    p = _p(parts)
+def _entropy_parts(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], reduction):
+    parts, _ = row_stats(x, where, axes, reduction)
+    p = parts.p
     neg_s = -parts.shifted  # m - x_k >= 0 (+inf at masked and -inf classes)
     # A = sum p_k (m - x_k): non-negative terms; 0 · inf = 0 at zero-probability classes.
-    a = _small_row_sum(lambda sc: _p_times(parts, neg_s, sc), axes, keepdims=True)
+    a = _small_row_sum(lambda sc: _p_times(parts, neg_s, sc), axes, reduction, keepdims=True)
     return parts, p, neg_s, a
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _entropy(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
-    parts, _, _, a = _entropy_parts(x, where, axes)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _entropy(
+    x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], reduction: Reduction
+) -> jax.Array:
+    parts, _, _, a = _entropy_parts(x, where, axes, reduction)
     # H = sum p_k (-log p_k) = sum p_k ((m - x_k) + log1p(S')) = log1p(S') + A: two
     # non-negative numbers, each to full relative precision (H of [0, -80] is 1.5e-33).
     return jnp.squeeze(jnp.log1p(parts.s1) + a, axes)
 
 
 @_entropy.defjvp
-def _entropy_jvp(axes: tuple[int, ...], primals, tangents):
+def _entropy_jvp(axes: tuple[int, ...], reduction: Reduction, primals, tangents):
     x, where = primals
     x_dot, _ = tangents
-    parts, _, neg_s, a = _entropy_parts(x, where, axes)
+    parts, _, neg_s, a = _entropy_parts(x, where, axes, reduction)
     # dH/dx_j = p_j (-log p_j - H) = p_j ((m - x_j) - A): log1p(S') cancels exactly. The
     # difference d_j = (m - x_j) - A is the size of x_j - sum_k p_k x_k, but its operands can
     # be several times larger (logits of size 1e-4 around 0: m - x_j and A reach 6e-4 while
@@ -207,15 +203,15 @@ def _entropy_jvp(axes: tuple[int, ...], primals, tangents):
     # A2 = sum_k p_k d_k (0 in exact arithmetic, from terms the size of d).
     zero = jnp.zeros((), x.dtype)
     live = jnp.isfinite(neg_s)
-    d = jnp.where(live, (jnp.where(live, neg_s, zero) - a) - parts.lo, zero)
-    a2 = row_sum(_p_times(parts, d), axes, keepdims=True)
+    d = jnp.where(live, (jnp.where(live, neg_s, zero) - a) - parts.shift_error, zero)
+    a2 = row_sum(_p_times(parts, d), axes, reduction, keepdims=True)
     g = _zero_masked(_p_times(parts, d - a2), where)
-    return _entropy(x, where, axes), jnp.sum(g * x_dot, axis=axes)
+    return _entropy(x, where, axes, reduction), jnp.sum(g * x_dot, axis=axes)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _entropy_core(x, mask, axes, log_base):
-    return _in_base(_entropy(x, mask, axes), log_base)
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _entropy_core(x, mask, axes, reduction, log_base):
+    return _in_base(_entropy(x, mask, axes, reduction), log_base)
 
 
 def entropy(
@@ -272,7 +268,7 @@ def entropy(
     1.46...e-33
     """
     arr, axes, mask = _one_input("logits", logits, axis, where)
-    return _entropy_core(arr, mask, axes, _log_base(base))
+    return _entropy_core(arr, mask, axes, reduction_for(arr), _log_base(base))
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,8 +285,8 @@ _NEAR = 80.0  # expm1(dx) stays finite
 
 
 class _Pair(NamedTuple):
-    parts_p: RowParts
-    parts_q: RowParts
+    parts_p: RowStats
+    parts_q: RowStats
     p: jax.Array
     q: jax.Array
     pos_p: jax.Array
@@ -298,36 +294,42 @@ class _Pair(NamedTuple):
     delta: jax.Array  # log p - log q where both > 0, else 0
 
 
-def _pair(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> _Pair:
-    pa, pb = row_parts(a, where, axes), row_parts(b, where, axes)
-    p, q = _p(pa), _p(pb)
+def _pair(
+    a: jax.Array,
+    b: jax.Array,
+    where: jax.Array | None,
+    axes: tuple[int, ...],
+    reduction: Reduction,
+) -> _Pair:
+    pa, pb = row_stats(a, where, axes, reduction)[0], row_stats(b, where, axes, reduction)[0]
+    p, q = pa.p, pb.p
     # Present classes: finite shifted logit (p may still underflow; p = 0 exactly only for
     # masked and -inf classes, and for the finite ones of a +inf row).
     pos_p, pos_q = ~jnp.isneginf(pa.shifted), ~jnp.isneginf(pb.shifted)
     both = pos_p & pos_q
     zero = jnp.zeros((), a.dtype)
-    plain = jnp.where(both, _log_p(pa), zero) - jnp.where(both, _log_p(pb), zero)
+    plain = jnp.where(both, pa.log_p, zero) - jnp.where(both, pb.log_p, zero)
     # dx = (a_k - b_k) - (m_a - m_b), each difference with its rounding error carried (two-sum):
     # accurate to an ulp of dx itself, and exactly 0 when the rows are shifts of each other.
     fin_row = jnp.isfinite(pa.m) & jnp.isfinite(pb.m)
     live = both & fin_row
-    d1, e1 = _two_sum(jnp.where(live, a, zero), -jnp.where(live, b, zero))
-    d2, e2 = _two_sum(jnp.where(fin_row, pa.m, zero), -jnp.where(fin_row, pb.m, zero))
+    d1, e1 = two_sum(jnp.where(live, a, zero), -jnp.where(live, b, zero))
+    d2, e2 = two_sum(jnp.where(fin_row, pa.m, zero), -jnp.where(fin_row, pb.m, zero))
     dx = (d1 - d2) + (e1 - e2)
     near_k = jnp.where(pos_q, ~pos_p | (dx <= _NEAR), ~pos_p)  # p's support inside q's
     near = jnp.all(near_k, axis=axes, keepdims=True) & fin_row
     em1 = jnp.where(pos_p, jnp.expm1(jnp.where(live & (dx <= _NEAR), dx, zero)), zero - 1.0)
-    s = row_sum(jnp.where(pos_q, q * em1, zero), axes, keepdims=True)
+    s = row_sum(jnp.where(pos_q, q * em1, zero), axes, reduction, keepdims=True)
     # Rounding of D through s: u·sum q|expm1(dx)| / (1 + s); through the two log1p: u·(L_a +
     # L_b). Take the smaller (1 + s near 0, or large dx, make the first large).
     # A third form, D = log(sum_k q_k e^{dx_k}) (positive terms): rounding ~2u whatever L.
-    err_s = row_sum(jnp.where(pos_q, q * jnp.abs(em1), zero), axes, keepdims=True)
+    err_s = row_sum(jnp.where(pos_q, q * jnp.abs(em1), zero), axes, reduction, keepdims=True)
     err_plain = jnp.log1p(pa.s1) + jnp.log1p(pb.s1)
     one_s = 1.0 + jnp.where(near, s, zero)
     use_s = near & (one_s > 0.0) & (err_s <= jnp.minimum(err_plain, 2.0) * one_s)
     use_l = near & ~use_s & (err_plain > 2.0)
     ex = jnp.where(pos_p, jnp.exp(jnp.where(live & (dx <= _NEAR), dx, zero)), zero)
-    w_sum = row_sum(jnp.where(pos_q, q * ex, zero), axes, keepdims=True)
+    w_sum = row_sum(jnp.where(pos_q, q * ex, zero), axes, reduction, keepdims=True)
     near = use_s | use_l
     d = jnp.where(
         use_s,
@@ -340,7 +342,7 @@ def _pair(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, 
     # differ by 3e-3 while delta is 1e-3), and an ulp of it is then several ulps of the
     # condition number.
     # (d2 is 0 off finite rows, and `near` implies a finite row; entries off `live` are unused.)
-    c_hi, c_lo = _two_sum(jnp.where(near, d2, zero), jnp.where(near, d, zero))
+    c_hi, c_lo = two_sum(jnp.where(near, d2, zero), jnp.where(near, d, zero))
     near_delta = jnp.where(live, (jnp.where(live, d1, zero) - c_hi) + ((e1 - e2) - c_lo), zero)
     # D's own rounding is a common error eps in every delta_k; with the rounded deltas,
     # sum_k q_k expm1(delta_k) (expm1 = -1 off p's support) is e^{-eps} - 1 instead of 0, and
@@ -354,7 +356,7 @@ def _pair(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, 
         -_p_times(pa, jnp.expm1(-nd_up)),
         jnp.where(live, _p_times(pb, jnp.expm1(nd_dn)), -q),
     )
-    r = row_sum(jnp.where(pos_q & near, r_terms, zero), axes, keepdims=True)
+    r = row_sum(jnp.where(pos_q & near, r_terms, zero), axes, reduction, keepdims=True)
     near_delta = near_delta - jax.lax.stop_gradient(_log1p(jnp.where(near, r, zero)))
     delta = jnp.where(both, jnp.where(near, near_delta, plain), zero)
     return _Pair(pa, pb, p, q, pos_p, pos_q, delta)
@@ -365,11 +367,15 @@ def _kl_delta(pr: _Pair) -> jax.Array:
     return jnp.where(pr.pos_p & ~pr.pos_q, jnp.array(jnp.inf, pr.p.dtype), pr.delta)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def _kl_logits(
-    a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]
+    a: jax.Array,
+    b: jax.Array,
+    where: jax.Array | None,
+    axes: tuple[int, ...],
+    reduction: Reduction,
 ) -> jax.Array:
-    pr = _pair(a, b, where, axes)
+    pr = _pair(a, b, where, axes, reduction)
     p, q, pos, delta = pr.p, pr.q, pr.pos_p, _kl_delta(pr)
 
     # KL = sum_{p_k > 0} p_k phi(delta_k) + sum_{p_k = 0} q_k with phi(d) = e^-d - 1 + d >= 0:
@@ -380,16 +386,16 @@ def _kl_logits(
         t = jnp.where(pos, bregman_term(jnp.where(pos, p, 1.0) * sc, qs, delta), qs)
         return _zero_masked(t, where)
 
-    return _small_row_sum(terms, axes)
+    return _small_row_sum(terms, axes, reduction)
 
 
 @_kl_logits.defjvp
-def _kl_logits_jvp(axes: tuple[int, ...], primals, tangents):
+def _kl_logits_jvp(axes: tuple[int, ...], reduction: Reduction, primals, tangents):
     a, b, where = primals
     a_dot, b_dot, _ = tangents
-    pr = _pair(a, b, where, axes)
+    pr = _pair(a, b, where, axes, reduction)
     p, q, pos, delta = pr.p, pr.q, pr.pos_p, _kl_delta(pr)
-    kl = _kl_logits(a, b, where, axes)
+    kl = _kl_logits(a, b, where, axes, reduction)
     kl_k = jnp.expand_dims(kl, axes)
     inf = jnp.array(jnp.inf, a.dtype)
     # d/da_j = p_j (delta_j - KL); with KL = +inf (an action masked in q only) the limit is
@@ -406,9 +412,9 @@ def _kl_logits_jvp(axes: tuple[int, ...], primals, tangents):
     return kl, jnp.sum(g_a * a_dot, axis=axes) + jnp.sum(g_b * b_dot, axis=axes)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _kl_logits_core(a, b, mask, axes, log_base):
-    return _in_base(_kl_logits(a, b, mask, axes), log_base)
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _kl_logits_core(a, b, mask, axes, reduction, log_base):
+    return _in_base(_kl_logits(a, b, mask, axes, reduction), log_base)
 
 
 def kl_divergence_with_logits(
@@ -476,7 +482,7 @@ def kl_divergence_with_logits(
     [[0.393..., -0.393..., 0.0], [-0.462..., 0.462..., 0.0]]
     """
     a, b, axes, mask = _two_inputs("p_logits", p_logits, "q_logits", q_logits, axis, where)
-    return _kl_logits_core(a, b, mask, axes, _log_base(base))
+    return _kl_logits_core(a, b, mask, axes, reduction_for(a), _log_base(base))
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,8 +520,8 @@ def _log_ratio_to_mixture(z: jax.Array) -> jax.Array:
     return jnp.where(hi, far, near)
 
 
-def _js_parts(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
-    return _js_parts_of(_pair(a, b, where, axes))
+def _js_parts(a: jax.Array, b: jax.Array, where: jax.Array | None, axes, reduction):
+    return _js_parts_of(_pair(a, b, where, axes, reduction))
 
 
 def _js_parts_of(pr: _Pair):
@@ -527,7 +533,7 @@ def _js_parts_of(pr: _Pair):
     return pr.p, pr.q, d_p, d_q
 
 
-def _kl_to_mixture(p: jax.Array, q: jax.Array, d_p: jax.Array, axes) -> jax.Array:
+def _kl_to_mixture(p: jax.Array, q: jax.Array, d_p: jax.Array) -> jax.Array:
     # KL(p || m) = sum_{p>0} p phi(log(p/m)) + sum_{p=0} m: non-negative terms (m = q/2 there).
     pos = p > 0
     m = 0.5 * (p + q)
@@ -535,50 +541,57 @@ def _kl_to_mixture(p: jax.Array, q: jax.Array, d_p: jax.Array, axes) -> jax.Arra
     return terms
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _js(a: jax.Array, b: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
-    p, q, d_p, d_q = _js_parts(a, b, where, axes)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _js(
+    a: jax.Array,
+    b: jax.Array,
+    where: jax.Array | None,
+    axes: tuple[int, ...],
+    reduction: Reduction,
+) -> jax.Array:
+    p, q, d_p, d_q = _js_parts(a, b, where, axes, reduction)
 
     def terms(sc: float) -> jax.Array:
         ps, qs = p * sc, q * sc
-        t = _kl_to_mixture(ps, qs, d_p, axes) + _kl_to_mixture(qs, ps, d_q, axes)
+        t = _kl_to_mixture(ps, qs, d_p) + _kl_to_mixture(qs, ps, d_q)
         return _zero_masked(t, where)
 
-    return 0.5 * _small_row_sum(terms, axes)
+    return 0.5 * _small_row_sum(terms, axes, reduction)
 
 
-def _kl_to_mixture_sum(p, q, d_p, where, axes):
-    return row_sum(_zero_masked(_kl_to_mixture(p, q, d_p, axes), where), axes, keepdims=True)
+def _kl_to_mixture_sum(p, q, d_p, where, axes, reduction):
+    terms = _zero_masked(_kl_to_mixture(p, q, d_p), where)
+    return row_sum(terms, axes, reduction, keepdims=True)
 
 
 @_js.defjvp
-def _js_jvp(axes: tuple[int, ...], primals, tangents):
+def _js_jvp(axes: tuple[int, ...], reduction: Reduction, primals, tangents):
     a, b, where = primals
     a_dot, b_dot, _ = tangents
-    pr = _pair(a, b, where, axes)
+    pr = _pair(a, b, where, axes, reduction)
     p, q, d_p, d_q = _js_parts_of(pr)
-    k_p = _kl_to_mixture_sum(p, q, d_p, where, axes)
-    k_q = _kl_to_mixture_sum(q, p, d_q, where, axes)
+    k_p = _kl_to_mixture_sum(p, q, d_p, where, axes, reduction)
+    k_q = _kl_to_mixture_sum(q, p, d_q, where, axes, reduction)
     # dJS/da_j = p_j (log(p_j/m_j) - KL(p||m)) / 2, and symmetrically for b: always finite.
     # eps = log 2 - log(p/m) = softplus(log q - log p) >= 0 (0 where q = 0): the small form
     # when the supports barely overlap, with sum_k p_k eps_k = log 2 - KL(p||m) >= 0.
     both = pr.pos_p & pr.pos_q
     z = jnp.where(both, -pr.delta, 0.0)
-    e_p = jnp.where(both, _softplus(z), 0.0)
-    e_q = jnp.where(both, _softplus(-z), 0.0)
-    m_p = _small_row_sum(lambda sc: _p_times(pr.parts_p, e_p, sc), axes, keepdims=True)
-    m_q = _small_row_sum(lambda sc: _p_times(pr.parts_q, e_q, sc), axes, keepdims=True)
+    e_p = jnp.where(both, stable_softplus(z), 0.0)
+    e_q = jnp.where(both, stable_softplus(-z), 0.0)
+    m_p = _small_row_sum(lambda sc: _p_times(pr.parts_p, e_p, sc), axes, reduction, True)
+    m_q = _small_row_sum(lambda sc: _p_times(pr.parts_q, e_q, sc), axes, reduction, True)
     c_p = _centered(pr.parts_p, pr.pos_p, d_p, k_p, axes, e_p, m_p)
     c_q = _centered(pr.parts_q, pr.pos_q, d_q, k_q, axes, e_q, m_q)
     g_a = _zero_masked(_p_times(pr.parts_p, jnp.where(pr.pos_p, c_p, 0.0)), where)
     g_b = _zero_masked(_p_times(pr.parts_q, jnp.where(pr.pos_q, c_q, 0.0)), where)
-    out = _js(a, b, where, axes)
+    out = _js(a, b, where, axes, reduction)
     return out, 0.5 * (jnp.sum(g_a * a_dot, axis=axes) + jnp.sum(g_b * b_dot, axis=axes))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _js_core(a, b, mask, axes, log_base):
-    return _in_base(_js(a, b, mask, axes), log_base)
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _js_core(a, b, mask, axes, reduction, log_base):
+    return _in_base(_js(a, b, mask, axes, reduction), log_base)
 
 
 def jensen_shannon_divergence(
@@ -635,4 +648,4 @@ def jensen_shannon_divergence(
     1.0
     """
     a, b, axes, mask = _two_inputs("p_logits", p_logits, "q_logits", q_logits, axis, where)
-    return _js_core(a, b, mask, axes, _log_base(base))
+    return _js_core(a, b, mask, axes, reduction_for(a), _log_base(base))

@@ -24,12 +24,13 @@ from jaxce._checks import (
     Axis,
     canonical_axes,
     class_weights,
+    elementwise_weights,
     float_array,
     mask_array,
     same_rank_broadcast,
 )
-from jaxce._primitives import row_sum, safe_mul, xlogy
-from jaxce._sigmoid import _elementwise_weight
+from jaxce._primitives import safe_mul, xlogy
+from jaxce._rows import reduction_for, row_sum
 from jaxce._validate import (
     check_class_indices,
     check_nonnegative,
@@ -164,7 +165,7 @@ def binary_cross_entropy(
     t = same_rank_broadcast("labels", jnp.asarray(labels), shape, "probs").astype(p.dtype)
     check_probabilities("probs", p)
     check_probability_targets("labels", t)
-    w = None if weights is None else _elementwise_weight("weights", weights, shape, p.dtype)
+    w = None if weights is None else elementwise_weights("weights", weights, shape, p.dtype)
     return _binary_core(p, t, w, strict_targets())
 
 
@@ -321,7 +322,7 @@ def categorical_cross_entropy(
         num_classes = math.prod(shape[a] for a in axes)
         check_class_indices("labels", lab, num_classes)
         onehot = _one_hot(lab, shape, axes, p.dtype)
-        return _categorical_core(p, onehot, mask, w, axes, False, True)
+        return _categorical_core(p, onehot, mask, w, axes, reduction_for(p), False, True)
     if not jnp.issubdtype(lab.dtype, jnp.floating):
         raise TypeError(
             f"`labels` must be integer class indices or floating-point probabilities; got "
@@ -329,7 +330,7 @@ def categorical_cross_entropy(
         )
     t = same_rank_broadcast("labels", lab, shape, "probs").astype(p.dtype)
     check_probability_targets("labels", t, mask)
-    return _categorical_core(p, t, mask, w, axes, strict_targets(), False)
+    return _categorical_core(p, t, mask, w, axes, reduction_for(p), strict_targets(), False)
 
 
 def _one_hot(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], dtype) -> jax.Array:
@@ -348,8 +349,8 @@ def _one_hot(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], dtype)
     return oh.transpose(inverse)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _categorical_core(p, t, mask, w, axes, strict, integer):
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _categorical_core(p, t, mask, w, axes, reduction, strict, integer):
     # A probability (or, in strict mode, a soft label) outside [0, 1] on a kept class poisons
     # its whole example: a NaN target on every class makes the value and every gradient
     # component NaN (a NaN probability alone would vanish on a class whose target is 0, by
@@ -366,7 +367,7 @@ def _categorical_core(p, t, mask, w, axes, strict, integer):
         zero = jnp.zeros((), p.dtype)
         t = jnp.where(mask, t, zero)
         p = jnp.where(mask, p, jnp.ones((), p.dtype))  # masked: no NaN/inf can leak
-    return row_sum(-xlogy(t, p), axes)
+    return row_sum(-xlogy(t, p), axes, reduction)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,17 +11,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
-from jaxce._checks import float_array, same_rank_broadcast
-from jaxce._primitives import _sigmoid, safe_mul, sigmoid_pair, softplus, softplus_tail
+from jaxce._checks import elementwise_weights, float_array, same_rank_broadcast
+from jaxce._options import EXPONENT, UNIT, is_off, scalar_option
+from jaxce._primitives import safe_mul, sigmoid_pair, softplus, softplus_tail, stable_sigmoid
 from jaxce._transforms import scale_logits
 from jaxce._validate import (
-    _report,
-    _wanted,
-    check_nonnegative,
     check_probability_targets,
     nan_where,
     negative,
@@ -30,52 +27,6 @@ from jaxce._validate import (
 )
 
 __all__ = ["sigmoid_binary_cross_entropy", "sigmoid_focal_loss"]
-
-
-# --------------------------------------------------------------------------------------------
-# Argument helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _elementwise_weight(name: str, w: ArrayLike, shape: tuple[int, ...], dtype) -> jax.Array:
-    """``w`` broadcast to the logits' ``shape`` by NumPy rules (a ``ValueError`` otherwise).
-
-    Broadcasting is explicit (``broadcast_to``) so that rank promotion, e.g. ``pos_weight`` of
-    shape ``[num_classes]`` against ``[batch, num_classes]`` logits, is the documented NumPy
-    rule and not a silent promotion inside arithmetic. The weights never enlarge the output.
-    """
-    arr = float_array(name, w).astype(dtype)
-    try:
-        out_shape = np.broadcast_shapes(tuple(arr.shape), shape)
-    except ValueError:
-        out_shape = None
-    if out_shape != shape:
-        raise ValueError(
-            f"`{name}` has shape {tuple(arr.shape)}, which does not broadcast to the logits "
-            f"shape {shape} (NumPy rules: trailing dimensions equal or 1, e.g. "
-            f"[num_classes] for logits [..., num_classes])."
-        )
-    check_nonnegative(name, arr)
-    return jnp.broadcast_to(arr, shape)
-
-
-def _unit_scalar(name: str, value: ArrayLike, dtype, *, checked: bool = True) -> jax.Array:
-    """A real scalar hyperparameter in ``[0, 1]``: ``ValueError`` eagerly, NaN under jit."""
-    v = jnp.asarray(value)
-    if v.ndim != 0 or not (
-        jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
-    ):
-        raise TypeError(
-            f"`{name}` must be a real scalar; got dtype {v.dtype}, shape {tuple(v.shape)}."
-        )
-    v = v.astype(dtype)
-    if checked and _wanted(v):
-        _report(name, v, outside_unit_interval(v), "[0, 1]")
-    return v
-
-
-def _is_python_zero(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +116,7 @@ def sigmoid_binary_cross_entropy(
     if (
         weights is None
         and pos_weight is None
-        and _is_python_zero(label_smoothing)
+        and is_off(label_smoothing)
         and logit_soft_cap is None
         and temperature is None
     ):
@@ -173,14 +124,14 @@ def sigmoid_binary_cross_entropy(
     x = scale_logits(x, temperature=temperature, logit_soft_cap=logit_soft_cap)
     eps = (
         None
-        if _is_python_zero(label_smoothing)
-        else _unit_scalar("label_smoothing", label_smoothing, x.dtype)
+        if is_off(label_smoothing)
+        else scalar_option("label_smoothing", label_smoothing, x.dtype, UNIT)
     )
-    w = None if weights is None else _elementwise_weight("weights", weights, shape, x.dtype)
+    w = None if weights is None else elementwise_weights("weights", weights, shape, x.dtype)
     pw = (
         None
         if pos_weight is None
-        else _elementwise_weight("pos_weight", pos_weight, shape, x.dtype)
+        else elementwise_weights("pos_weight", pos_weight, shape, x.dtype)
     )
     return _bce_extended_core(x, t, eps, w, pw, strict_targets())
 
@@ -189,7 +140,7 @@ def sigmoid_binary_cross_entropy(
 def _bce_core(x: jax.Array, t: jax.Array, check_targets: bool = False) -> jax.Array:
     if check_targets:
         t = nan_where(outside_unit_interval(t), t)  # strict mode: a label outside [0, 1] is NaN
-    return _bce(x, t)
+    return _bce(x, t, None)
 
 
 def _bce_terms(
@@ -208,46 +159,31 @@ def _bce_terms(
 
 
 @jax.custom_jvp
-def _bce(x: jax.Array, t: jax.Array) -> jax.Array:
-    """``(1 - t)·softplus(x) + t·softplus(-x)``: one ``exp``, one ``log1p`` and one division per
-    element for value and gradient (the two softplus and two sigmoids share ``exp(-|x|)``).
-    The four separate calls it replaces, which XLA:CPU did not merge, took 1.2× optax's time.
-    The value ends in one select (:func:`_bce_terms`), so a sum over it reads one array:
-    written as a sum of two weighted softplus, XLA:CPU's reduction (a YNNPACK fusion) took the
-    products into itself and kept their four operands in memory (compiled temp memory 4 arrays
-    of the logits' size, optax's 3; now 1)."""
-    return _bce_terms(t, x, softplus_tail(x))
+def _bce(x: jax.Array, t: jax.Array, pw: jax.Array | None) -> jax.Array:
+    """``(1 - t)·softplus(x) + b·softplus(-x)``, ``b = t`` (``pw`` None) or ``pw·t``, in
+    :func:`_bce_terms`' select form: one ``exp``, one ``log1p`` and one division per element
+    for value and gradient (the softplus and sigmoids share ``exp(-|x|)``)."""
+    return _bce_terms(t, x, softplus_tail(x), None if pw is None else safe_mul(t, pw))
 
 
 @_bce.defjvp
 def _bce_jvp(primals, tangents):
-    x, t = primals
-    x_dot, t_dot = tangents
-    tail = softplus_tail(x)
-    # The label's tangent through the zero-convention products, as JAX differentiates them.
-    value, t_tangent = jax.jvp(lambda tt: _bce_terms(tt, x, tail), (t,), (t_dot,))
-    s_pos, s_neg = sigmoid_pair(x)
-    grad_x = safe_mul(1.0 - t, s_pos) - safe_mul(t, s_neg)
-    return value, grad_x * x_dot + t_tangent
-
-
-@jax.custom_jvp
-def _bce_pos_weighted(x: jax.Array, t: jax.Array, pw: jax.Array) -> jax.Array:
-    """``(1 - t)·softplus(x) + pw·t·softplus(-x)`` in :func:`_bce_terms`' select form."""
-    return _bce_terms(t, x, softplus_tail(x), safe_mul(t, pw))
-
-
-@_bce_pos_weighted.defjvp
-def _bce_pos_weighted_jvp(primals, tangents):
     x, t, pw = primals
     x_dot, t_dot, pw_dot = tangents
     tail = softplus_tail(x)
-    value, tp_tangent = jax.jvp(
-        lambda tt, ww: _bce_terms(tt, x, tail, safe_mul(tt, ww)), (t, pw), (t_dot, pw_dot)
-    )
+    # The labels' (and pos_weight's) tangent through the zero-convention products, as JAX
+    # differentiates them.
+    if pw is None:
+        value, label_tangent = jax.jvp(lambda tt: _bce_terms(tt, x, tail), (t,), (t_dot,))
+        b = t
+    else:
+        value, label_tangent = jax.jvp(
+            lambda tt, ww: _bce_terms(tt, x, tail, safe_mul(tt, ww)), (t, pw), (t_dot, pw_dot)
+        )
+        b = safe_mul(t, pw)
     s_pos, s_neg = sigmoid_pair(x)
-    grad_x = safe_mul(1.0 - t, s_pos) - safe_mul(safe_mul(t, pw), s_neg)
-    return value, grad_x * x_dot + tp_tangent
+    grad_x = safe_mul(1.0 - t, s_pos) - safe_mul(b, s_neg)
+    return value, grad_x * x_dot + label_tangent
 
 
 @functools.partial(jax.jit, static_argnums=(5,))
@@ -266,7 +202,7 @@ def _bce_extended_core(
         t = (1.0 - eps) * t + 0.5 * eps
     # The positive coefficient pw·t' is itself a product with the zero convention: pw = inf on
     # a zero label is an absent term, not NaN.
-    loss = _bce(x, t) if pw is None else _bce_pos_weighted(x, t, nan_where(negative(pw), pw))
+    loss = _bce(x, t, None if pw is None else nan_where(negative(pw), pw))
     if w is not None:
         loss = safe_mul(nan_where(negative(w), w), loss)
     return loss
@@ -319,7 +255,7 @@ def _focal_parts(x: jax.Array, t: jax.Array):
     n = jnp.where(sure, jnp.ones((), x.dtype), n)
     log_n = jnp.where(sure, -a, jnp.log(n))
     big_l = log_n - softplus(-a)
-    r = jnp.where(sure, _sigmoid(a), _sigmoid(-a) / n)
+    r = jnp.where(sure, stable_sigmoid(a), stable_sigmoid(-a) / n)
     return big_l, r
 
 
@@ -342,9 +278,9 @@ def _focal_pieces(x, t, alpha, gamma):
     """
     zero = jnp.zeros((), x.dtype)
     nonneg, a, e, c, _, n, m = _sides(x, t)
-    # BCE = (1 - t) softplus(x) + t softplus(-x) = softplus(-|x|) + c·|x|; safe_mul: c = 0 on
-    # an infinite logit is an absent term (x = +inf, t = 1 gives 0).
-    ce = softplus(-a) + safe_mul(c, a)
+    # BCE = softplus(-|x|) + c·|x| (the select form; c = 0 on an infinite logit is an absent
+    # term), with softplus(-|x|) differentiable again for the rule's own derivatives.
+    ce = _bce_terms(t, x, softplus(-a))
     big_l, r = _focal_parts(x, t)
     # (1 - p_t)^gamma as a power of 1 - p_t = n/(1 + e) (accurate to a rounding or two):
     # exp(gamma·L) would amplify the rounding of gamma·L by |gamma·L| (15 ulps at L = -16).
@@ -364,7 +300,7 @@ def _focal_pieces(x, t, alpha, gamma):
     base = safe_mul(fw, ce)
     value = safe_mul(at, base)
     # d/dx: at·fw·[ce' + gamma (1 - 2t) r ce]; r·ce -> 0 where ce = inf (r = 0 there exactly).
-    dce = (1.0 - t) * _sigmoid(x) - t * _sigmoid(-x)
+    dce = (1.0 - t) * stable_sigmoid(x) - t * stable_sigmoid(-x)
     dx = at * fw * (dce + gamma * (1.0 - 2.0 * t) * safe_mul(r, ce))
     # d/dt: at·fw·[-x + gamma ce dL/dt] + (2 alpha - 1) fw ce, with
     # dL/dt = sign·(1 - e)/n, sign = -1 for x >= 0 (infinite where 1 - p_t = 0: the term is
@@ -497,18 +433,9 @@ def sigmoid_focal_loss(
     t = same_rank_broadcast("labels", jnp.asarray(labels), tuple(x.shape)).astype(x.dtype)
     check_probability_targets("labels", t)
     has_alpha = alpha is not None
-    a = jnp.zeros((), x.dtype) if alpha is None else _unit_scalar("alpha", alpha, x.dtype)
-    g = jnp.asarray(gamma)
-    if g.ndim != 0 or not (
-        jnp.issubdtype(g.dtype, jnp.floating) or jnp.issubdtype(g.dtype, jnp.integer)
-    ):
-        raise TypeError(
-            f"`gamma` must be a real scalar; got dtype {g.dtype}, shape {tuple(g.shape)}."
-        )
-    g = g.astype(x.dtype)
-    if _wanted(g):
-        _report("gamma", g, negative(g), "[0, inf) (a non-negative exponent)")
-    if _is_python_zero(gamma):
+    a = jnp.zeros((), x.dtype) if alpha is None else scalar_option("alpha", alpha, x.dtype, UNIT)
+    g = scalar_option("gamma", gamma, x.dtype, EXPONENT)
+    if is_off(gamma):
         # gamma = 0 is the (alpha-weighted) binary cross-entropy, bit for bit: same core.
         loss = _bce_core(x, t, strict_targets())
         if not has_alpha:

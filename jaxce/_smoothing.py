@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxce._checks import Axis, canonical_axes, float_array, mask_array
-from jaxce._softmax import _coefficient
+from jaxce._options import UNIT, scalar_option
 
 __all__ = ["smooth_labels"]
 
@@ -64,7 +64,7 @@ def smooth_labels(
     dtype = jnp.asarray(labels).dtype
     t = float_array("labels", labels)
     axes = canonical_axes(axis, t.ndim)
-    a = _coefficient("alpha", alpha, t.dtype, 1.0)
+    a = scalar_option("alpha", alpha, t.dtype, UNIT)
     mask = mask_array(where, tuple(t.shape), axes)
     return _smooth_core(t, a, mask, axes).astype(dtype)
 

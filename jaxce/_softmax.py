@@ -1,8 +1,8 @@
 r"""Softmax cross-entropy losses, optax-compatible (same names, signatures and per-example output).
 
-Both losses are built from :mod:`jaxce._primitives` and inherit its conventions (masks, empty
-rows, ``±inf``). They return float32 for 16-bit logits (float64 under x64 for float64 logits);
-gradients come back in the logits' dtype.
+Both losses are built on the row statistics of :mod:`jaxce._rows` and share the conventions of
+:func:`jaxce.log_softmax` (masks, empty rows, ``±inf``). They return float32 for 16-bit logits
+(float64 under x64 for float64 logits); gradients come back in the logits' dtype.
 """
 
 from __future__ import annotations
@@ -22,28 +22,17 @@ from jaxce._checks import (
     Axis,
     canonical_axes,
     class_weights,
+    classes_last,
     float_array,
     integer_array,
     mask_array,
     same_rank_broadcast,
 )
-from jaxce._primitives import (
-    lse_minus,
-    mass_beyond_top,
-    mass_from_pair,
-    pair_total,
-    recompute_exp,
-    row_max,
-    row_sum_pair,
-    row_sum_pairs,
-    safe_mul,
-    shift_by_max,
-    staged_sums,
-)
+from jaxce._options import NONNEGATIVE, UNIT, is_off, scalar_option
+from jaxce._primitives import row_logsumexp, safe_mul
+from jaxce._rows import Reduction, pair_total, reduction_for, row_max, row_stats, shift_by_max
 from jaxce._transforms import scale_logits
 from jaxce._validate import (
-    _report,
-    _wanted,
     check_class_indices,
     check_nonnegative,
     check_probability_targets,
@@ -65,109 +54,63 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _soft_ce_pieces(x, t, where, axes, check_targets=False, s_lanes=16):
+def soft_ce_pieces(x, t, where, axes, reduction, check_targets=False):
     """Value, gradient wrt logits and gradient wrt labels of the soft-label cross-entropy.
 
-    value = sum_k t_k (m - x_k) + T log1p(S'): every term is >= 0, nothing cancels. Each term
-    is computed as ``(2 t_k) (m/2 - x_k/2)``, the same rounding by exact scaling, so that it
-    cannot overflow where ``m - x_k`` would (logits spanning more than the dtype's max): the
-    loss is finite whenever it is.
-    grad_x = T p - t, except at a unique arg-max, where (T - t_j) - T S'/(1 + S') keeps the
-    small 1 - p_j exact (``docs/numerics.md``, the min(...) term of kappa); the complement
-    mass T - t_j comes from the compensated label total ``(s, c)`` as ``(s - t_j) + c``, with
-    ``s - t_j`` exact when it is small (Sterbenz), evaluated in the gradient's elementwise pass.
-    grad_t = -log p, 0 for absent classes (zero target and zero probability) and masked ones.
-    With ``check_targets`` (strict mode) a label outside [0, 1] makes the row's value and
-    grad_x NaN; otherwise any real label is the linear extension.
-    ``s_lanes``: the first-stage width of S' on CPU (16; 8 for 16-bit logits, see below).
-    All of it is plain jnp code whose own derivatives are right, so JAX can differentiate the
-    rule again for Hessians.
+    ``value = sum_k t_k (m - x_k) + T log1p(S')`` (``T = sum_k t_k``; no term cancels),
+    ``grad_x = T p - t``, at a dominant class ``j`` ``(T - t_j) - T S'/(1 + S')`` (the small
+    ``1 - p_j`` exact), ``grad_t = -log p`` (0 for absent and masked classes). In strict mode
+    a label outside [0, 1] makes its row NaN. Plain jnp, so JAX differentiates it again.
     """
     zero = jnp.zeros((), x.dtype)
     xm, m = row_max(x, where, axes)
-    shifted = shift_by_max(xm, m)
-    e = jnp.exp(shifted)
     tm = t if where is None else jnp.where(where, t, zero)
-    # Strict mode: a label outside [0, 1] makes its example NaN (masked classes are dropped):
-    # a NaN label total spreads to the value and the whole row's gradient. Inside the sum's
-    # input, the check costs no pass of its own.
+    # A NaN in the label total spreads to the row's value and gradient, at no extra pass.
     t_in = nan_where(outside_unit_interval(tm), tm) if check_targets else tm
-    # The value's terms t_k (m - x_k), as (2 t_k)(m/2 - x_k/2): halving is exact, so this is the
-    # same product rounded the same way, and m/2 - x_k/2 cannot overflow for finite m and x_k
-    # (logits spanning more than the dtype's max: the loss stays finite whenever it is).
-    # shift_by_max keeps -inf entries (gap +inf, a term of 0 or +inf by safe_mul) and +inf
-    # rows as for `shifted`. (Subnormal halves are flushed by XLA, an absolute 1e-38.)
-    half_gap = -shift_by_max(0.5 * xm, 0.5 * m)
-    terms = safe_mul(2.0 * tm, half_gap)
-    # The three row sums: S' and the label total T compensated from the first addition (S'
-    # since its exact 1 at the arg-max would absorb a tiny rest; T since the gradient T p - t
-    # cancels where p ~ t: with a plain 8-term first stage a smoothed label's gradient at a
-    # +inf logit was 9.9 ulps off), and the value's terms t_k (m - x_k), whose first stage
-    # adds a few terms plainly (see `_pairs_value`): >= 0 for non-negative labels; with
-    # labels of both signs the sum is accurate relative to sum_k |t_k| (m - x_k), which the
-    # accuracy standard scores such rows against (the halves t+ and t-, docs/numerics.md).
-    if staged_sums():
-        # XLA:CPU: two staged reductions, S' alone with 16 lanes (like the integer-label CE)
-        # and T with the terms with 8. One reduction of all three vectorizes only with 4
-        # lanes, and its four quarter-size partial-sum arrays cost more to write than the
-        # second read of x. Value + gradient, float32, 2-core CPU, jaxce/optax, interleaved:
-        # 1.31-1.48 -> 0.85-1.04 at 4096 x 32768, 1.11 -> 0.95-1.09 at 65536 x 1000,
-        # 1.26 -> 0.78-0.92 at 256 x 262144; compiled temp memory 432 -> 208, 225 -> 93,
-        # 216 -> 104 MiB (optax 512, 250, 512). For 16-bit logits S' takes 8 lanes: their
-        # conversion in the body stops the vectorization of 16 (20 at V = 1000): bfloat16
-        # 0.75 -> 0.44x optax at 65536 x 1000, 0.79 -> 0.64 at 4096 x 32768, 0.54 -> 0.49 at
-        # 256 x 262144 (in float32, 8 lanes are 1.0-1.1x slower than 16).
-        e_pair = row_sum_pair(e, axes, True, s_lanes)
-        t_pair, v_pair = row_sum_pairs((t_in, terms), axes, True, (False, True), 8)
-    else:
-        # GPU / TPU: one variadic row reduction, fused with its producer (`staged_sums`).
-        e_pair, t_pair, v_pair = row_sum_pairs((e, t_in, terms), axes, True, (False, False, True))
-    s1 = mass_from_pair(*e_pair, m)
-    # The dominant class (unique arg-max with p > 1/2, i.e. S' < 1) gets its own form below.
-    dominant = (shifted == 0) & (s1 < 1.0)
-    t_sum, t_err = t_pair
-    total = pair_total(t_sum, t_err)
-    # T - t_j at the dominant class j, elementwise (no reduction): read where it is used.
-    t_rest = (t_sum - tm) + t_err
-    log_norm = jnp.log1p(s1)
-    value = jnp.squeeze(pair_total(*v_pair) + total * log_norm, axes)
-    one_plus = 1.0 + s1
-    # The gradient pass recomputes exp(x - m) (same bits, `shift_by_max(again=True)`) rather
-    # than reading it back stored, on every backend: on GPU/TPU the exponential is free next
-    # to the memory traffic, and on a 2-core CPU, where writing a [B, V] array costs several
-    # times reading one, it is no slower (value + gradient, float32, interleaved, 11 repeats,
-    # jaxce/optax: 1.22 -> 1.18 at 16384 x 1000, 0.99 -> 0.95 at 1024 x 32768, 1.16 -> 1.07
-    # at 64 x 262144) and stores less (compiled temp memory 71 -> 56, 140 -> 108, 70 -> 54 MiB;
-    # optax 62, 256, 128).
-    e = jnp.exp(shift_by_max(xm, m, again=True))
+    # t_k (m - x_k) as (2 t_k)(m/2 - x_k/2): the same rounding, and no overflow for logits
+    # spanning more than the dtype's max.
+    terms = safe_mul(2.0 * tm, -shift_by_max(0.5 * xm, 0.5 * m))
+    # T is compensated from the first addition (T p - t cancels where p ~ t); the terms are
+    # non-negative for labels in [0, 1] (signed labels: accurate relative to sum |t_k| gap_k).
+    stats, (t_pair, v_pair) = row_stats(
+        x, where, axes, reduction, row_max_of=(xm, m), also=(t_in, terms), plain_first=(False, True)
+    )
+    total = pair_total(t_pair)
+    value = jnp.squeeze(pair_total(v_pair) + total * stats.log_norm, axes)
+    # A dominant class is the unique arg-max with p > 1/2 (S' < 1); T - t_j = (s - t_j) + c
+    # there, exact when small (Sterbenz).
+    dominant = (stats.shifted == 0) & (stats.s1 < 1.0)
+    t_rest = (t_pair.s - tm) + t_pair.c
+    one_plus = 1.0 + stats.s1
+    e = stats.exp_again()
     p = e / one_plus
-    grad_x = jnp.where(dominant, t_rest - total * (s1 / one_plus), total * p - tm)
-    neg_log_p = log_norm - shifted
+    grad_x = jnp.where(dominant, t_rest - total * (stats.s1 / one_plus), total * p - tm)
     absent = (tm == 0) & (e == 0)
     if where is not None:
         absent = absent | ~where
-    grad_t = jnp.where(absent, jnp.zeros((), x.dtype), neg_log_p)
+    grad_t = jnp.where(absent, zero, stats.log_norm - stats.shifted)
     return value, grad_x, grad_t
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _soft_ce_core(x, t, where, axes, check_targets=False, s_lanes=16):
-    return _soft_ce(x, t, where, axes, check_targets, s_lanes)
+def soft_ce_core(x, t, where, axes, reduction, check_targets=False):
+    """The soft-label cross-entropy of compute-dtype arrays (jitted, custom rule)."""
+    return _soft_ce(x, t, where, axes, reduction, check_targets)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
-def _soft_ce(x, t, where, axes, check_targets, s_lanes):
-    return _soft_ce_pieces(x, t, where, axes, check_targets, s_lanes)[0]
+def _soft_ce(x, t, where, axes, reduction, check_targets):
+    return soft_ce_pieces(x, t, where, axes, reduction, check_targets)[0]
 
 
 @functools.partial(_soft_ce.defjvp, symbolic_zeros=True)
-def _soft_ce_jvp(axes, check_targets, s_lanes, primals, tangents):
+def _soft_ce_jvp(axes, reduction, check_targets, primals, tangents):
     x, t, where = primals
     x_dot, t_dot, _ = tangents
-    value, grad_x, grad_t = _soft_ce_pieces(x, t, where, axes, check_targets, s_lanes)
+    value, grad_x, grad_t = soft_ce_pieces(x, t, where, axes, reduction, check_targets)
     tangent = jnp.zeros_like(value)
-    # Symbolic zeros let us skip a term entirely: grad_t is +inf where a positive target sits
-    # on a zero-probability class, and 0 * inf would turn a plain d/dlogits into NaN.
+    # Symbolic zeros skip a term: grad_t is +inf where a positive target sits on a
+    # zero-probability class, and 0 * inf would turn a plain d/dlogits into NaN.
     if not isinstance(x_dot, SymbolicZero):
         tangent = tangent + jnp.sum(grad_x * x_dot, axis=axes)
     if not isinstance(t_dot, SymbolicZero):
@@ -276,12 +219,11 @@ def softmax_cross_entropy(
     mask = mask_array(where, tuple(x.shape), axes)
     check_probability_targets("labels", t, mask)
     opts = _options(x, axes, weights, label_smoothing, z_loss)
+    reduction = reduction_for(x, jnp.result_type(logits))
     if opts.off and temperature is None and logit_soft_cap is None:
-        # the plain path, unchanged
-        s_lanes = 8 if jnp.dtype(jnp.result_type(logits)).itemsize < 4 else 16
-        return _soft_ce_core(x, t, mask, axes, strict_targets(), s_lanes)
+        return soft_ce_core(x, t, mask, axes, reduction, strict_targets())
     x = scale_logits(x, temperature=temperature, logit_soft_cap=logit_soft_cap)
-    return _soft_ce_options(x, t, mask, opts, axes, strict_targets())
+    return _soft_ce_options(x, t, mask, opts, axes, reduction, strict_targets())
 
 
 def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -305,22 +247,6 @@ def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Arra
 # --------------------------------------------------------------------------------------------
 
 
-def _classes_last(
-    x: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
-) -> tuple[jax.Array, jax.Array | None]:
-    """Move the class axes to the end and flatten them (a tuple axis indexes the flat slice)."""
-    batch = tuple(a for a in range(x.ndim) if a not in axes)
-    perm = batch + axes
-    n_batch = len(batch)
-
-    def move(a: jax.Array) -> jax.Array:
-        if perm != tuple(range(a.ndim)):
-            a = a.transpose(perm)
-        return a.reshape((*a.shape[:n_batch], math.prod(a.shape[n_batch:])))
-
-    return move(x), None if mask is None else move(mask)
-
-
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -340,14 +266,13 @@ def softmax_cross_entropy_with_integer_labels(
        \ell = -\log \operatorname{softmax}(x)_y
             = \operatorname{softplus}\big(\operatorname{lse}_{k \ne y}(x) - x_y\big)
 
-    **Stable form.** The log-sum-exp of the *other* classes is compared with the target
-    logit, computed as :math:`(m' - x_y) + \operatorname{log1p}(S'')` without forming
-    :math:`\operatorname{lse}(x)`. When the prediction is confident and right the softplus
-    argument is very negative and the loss comes back to full relative precision (``1e-30``
-    stays ``1e-30``; the usual ``lse(x) - x_y`` rounds it to 0). The derivatives follow from
-    the primitives' rules: :math:`p_k` for :math:`k \ne y` and
-    :math:`-\sigma(\operatorname{lse}_{k\ne y} - x_y) = -(1 - p_y)`, accurate even when
-    :math:`1 - p_y` is ``1e-30``.
+    **Stable form.** With :math:`m` the row maximum and :math:`S'` the sum of
+    :math:`e^{x_k - m}` over every class but one arg-max, :math:`\ell = (m - x_y) +
+    \operatorname{log1p}(S')`: both terms are non-negative, and when the label is the
+    confident arg-max the loss is :math:`\operatorname{log1p}(S')` to full relative precision
+    (``1e-30`` stays ``1e-30``; the usual ``lse(x) - x_y`` rounds it to 0). The gradient is
+    :math:`p_k` for :math:`k \ne y` and, at a dominant label,
+    :math:`-S'/(1 + S') = -(1 - p_y)`, accurate even when :math:`1 - p_y` is ``1e-30``.
 
     ==============================================  ============  ==========================
     case                                            value         gradient
@@ -452,41 +377,40 @@ def softmax_cross_entropy_with_integer_labels(
         x = jnp.where(jnp.expand_dims(ignored, axes), jnp.zeros((), x.dtype), x)
     check_class_indices("labels", y, math.prod(x.shape[a] for a in axes))
     opts = _options(x, axes, weights, label_smoothing, z_loss)
+    reduction = reduction_for(x, jnp.result_type(logits))
     if opts.off and temperature is None and logit_soft_cap is None and ignored is None:
-        return _integer_ce_core(x, y, mask, axes)  # the plain path, unchanged
+        return _integer_ce_core(x, y, mask, axes, reduction)
     x = scale_logits(x, temperature=temperature, logit_soft_cap=logit_soft_cap)
-    return _integer_ce_options(x, y, mask, ignored, opts, axes)
+    return _integer_ce_options(x, y, mask, ignored, opts, axes, reduction)
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
+@functools.partial(jax.jit, static_argnums=(3, 4))
 def _integer_ce_core(
-    x: jax.Array, y: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]
+    x: jax.Array,
+    y: jax.Array,
+    mask: jax.Array | None,
+    axes: tuple[int, ...],
+    reduction: Reduction,
 ) -> jax.Array:
-    x, mask = _classes_last(x, mask, axes)
-    return _integer_ce(x, y, mask)
+    x, mask = classes_last(x, mask, axes)
+    return _integer_ce(x, y, mask, reduction)
 
 
 def _integer_ce_pieces(
-    x: jax.Array, y: jax.Array, mask: jax.Array | None, with_grad: bool
+    x: jax.Array, y: jax.Array, mask: jax.Array | None, reduction: Reduction, with_grad: bool
 ) -> tuple[jax.Array, jax.Array | None]:
     """Value ``[B]`` and (optionally) gradient ``[B, V]`` of the integer-label cross-entropy.
 
-    Two passes over the logits for the value (the row max; one compensated sum of
-    ``exp(x - m)``, :func:`jaxce._primitives.mass_beyond_top`), one elementwise pass for the
-    gradient; the target logit is gathered. With ``m`` the row max and ``S'`` the mass beyond
-    one arg-max, ``loss = (m - x_y) + log1p(S')``: both terms >= 0, and when the label is the
-    arg-max it is ``log1p(S')`` to full relative precision. This equals
-    ``softplus(lse_{k != y} - x_y)`` of ``docs/numerics.md``. Gradient ``p_k = e_k / (1 + S')``
-    for ``k != y``; at ``y``: ``-S' / (1 + S')`` (that is ``-(1 - p_y)``, exact) when ``x_y``
-    is the max, else ``p_y - 1`` with ``p_y < 1/2`` (no cancellation). Empty, ``+inf``, NaN,
-    masked-label and bad-label rows are settled by row-level selects.
+    ``loss = (m - x_y) + log1p(S')``: both terms >= 0, and ``log1p(S')`` to full relative
+    precision when the label is the arg-max. Gradient ``p_k`` for ``k != y``; at ``y``
+    ``-S'/(1 + S')`` (that is ``-(1 - p_y)``, exact) when ``x_y`` is the max, else
+    ``p_y - 1`` with ``p_y < 1/2``. Empty, ``+inf``, NaN, masked-label and bad-label rows are
+    settled by row-level selects.
     """
     dtype = x.dtype
     zero = jnp.zeros((), dtype)
-    inf = jnp.array(jnp.inf, dtype)
     nan = jnp.array(jnp.nan, dtype)
     num_classes = x.shape[-1]
-    axes = (x.ndim - 1,)
 
     y = y[..., None]
     valid = (y >= 0) & (y < num_classes)
@@ -494,82 +418,47 @@ def _integer_ce_pieces(
     x_y = jnp.take_along_axis(x, y_safe, axis=-1)  # [B, 1]
     kept = valid if mask is None else valid & jnp.take_along_axis(mask, y_safe, axis=-1)
 
-    xm, m = row_max(x, mask, axes)
-    # One sum of a bare exponential: the widest first stage is fastest (see FIRST_LANES).
-    s1 = mass_beyond_top(jnp.exp(shift_by_max(xm, m)), m, axes, lanes=16)
-    log_norm = jnp.log1p(s1)
+    stats, _ = row_stats(x, mask, (x.ndim - 1,), reduction)
+    m = stats.m
     at_top = x_y == m
-    # m - x_y without inf - inf: 0 for the arg-max (also a +inf one), +inf for a -inf target
+    # m - x_y without inf - inf: 0 at the arg-max (also a +inf one), +inf for a -inf target
     # logit (also in an empty row: the target has probability 0).
     gap = jnp.where(at_top, zero, m - x_y)
-    gap = jnp.where(x_y == -jnp.inf, inf, gap)
-    loss = gap + log_norm
-    # Masked target class: nothing to learn from the example (0), unless a NaN logit is left
-    # in the row, which makes it NaN as any other NaN does. A bad label: NaN.
+    gap = jnp.where(x_y == -jnp.inf, jnp.array(jnp.inf, dtype), gap)
+    loss = gap + stats.log_norm
+    # A masked target class leaves nothing to learn (0), unless a NaN logit makes the row NaN.
     loss = jnp.where(kept, loss, jnp.where(jnp.isnan(m), nan, zero))
     loss = jnp.where(valid, loss, nan)[..., 0]
     if not with_grad:
         return loss, None
 
-    inv = 1.0 / (1.0 + s1)
-    e_y = jnp.exp(shift_by_max(x_y, m))
+    inv = 1.0 / (1.0 + stats.s1)
     dominant = at_top & (m > -jnp.inf)
-    g_y = jnp.where(dominant, -s1 * inv, e_y * inv - 1.0)
+    g_y = jnp.where(dominant, -stats.s1 * inv, jnp.exp(shift_by_max(x_y, m)) * inv - 1.0)
     is_y = lax.broadcasted_iota(y.dtype, x.shape, x.ndim - 1) == y_safe
-    p = jnp.exp(shift_by_max(xm, m, again=recompute_exp())) * inv
-    grad = jnp.where(is_y, g_y, p)
-    live = kept | jnp.isnan(m)
-    grad = jnp.where(live, grad, zero)
-    grad = jnp.where(valid, grad, nan)
-    return loss, grad
+    grad = jnp.where(is_y, g_y, stats.probabilities())
+    grad = jnp.where(kept | jnp.isnan(m), grad, zero)
+    return loss, jnp.where(valid, grad, nan)
 
 
-@jax.custom_jvp
-def _integer_ce(x: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:
-    return _integer_ce_pieces(x, y, mask, with_grad=False)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _integer_ce(
+    x: jax.Array, y: jax.Array, mask: jax.Array | None, reduction: Reduction
+) -> jax.Array:
+    return _integer_ce_pieces(x, y, mask, reduction, with_grad=False)[0]
 
 
 @_integer_ce.defjvp
-def _integer_ce_jvp(primals, tangents):
+def _integer_ce_jvp(reduction, primals, tangents):
     x, y, mask = primals
-    x_dot = tangents[0]
-    value, grad = _integer_ce_pieces(x, y, mask, with_grad=True)
+    value, grad = _integer_ce_pieces(x, y, mask, reduction, with_grad=True)
     assert grad is not None
-    return value, jnp.sum(grad * x_dot, axis=-1)
+    return value, jnp.sum(grad * tangents[0], axis=-1)
 
 
 # --------------------------------------------------------------------------------------------
 # Keyword options shared by both losses: weights, label_smoothing, z_loss, temperature, cap
 # --------------------------------------------------------------------------------------------
-
-
-def _off(value: object) -> bool:
-    """A Python number equal to 0: the option is off and nothing is traced for it."""
-    return isinstance(value, (int, float)) and value == 0
-
-
-def _coefficient(name: str, value: ArrayLike, dtype: jnp.dtype, upper: float | None) -> jax.Array:
-    """A real scalar hyperparameter in ``[0, upper]``: eager ValueError, NaN under ``jit``."""
-    try:
-        v = jnp.asarray(value)
-    except TypeError:
-        raise TypeError(f"`{name}` must be a real scalar; got {value!r}.") from None
-    if v.ndim != 0 or not (
-        jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
-    ):
-        raise TypeError(
-            f"`{name}` must be a real scalar; got dtype {v.dtype}, shape {tuple(v.shape)}."
-        )
-    v = v.astype(dtype)
-    if upper is None:
-        bad, expected = ~(v >= 0), "[0, inf) (a non-negative coefficient)"
-    else:
-        bad, expected = ~((v >= 0) & (v <= upper)), f"[0, {upper:g}]"
-    if _wanted(v):
-        _report(name, v, bad, expected)
-    if not isinstance(v, jax.core.Tracer):
-        return v  # concrete and checked above; no NaN constant (quiet under jax.debug_nans)
-    return nan_where(bad, v)
 
 
 class _Options(NamedTuple):
@@ -597,10 +486,10 @@ def _options(
         check_nonnegative("weights", float_array("weights", weights))
     eps = (
         None
-        if _off(label_smoothing)
-        else _coefficient("label_smoothing", label_smoothing, x.dtype, 1.0)
+        if is_off(label_smoothing)
+        else scalar_option("label_smoothing", label_smoothing, x.dtype, UNIT)
     )
-    z = None if _off(z_loss) else _coefficient("z_loss", z_loss, x.dtype, None)
+    z = None if is_off(z_loss) else scalar_option("z_loss", z_loss, x.dtype, NONNEGATIVE)
     return _Options(w, eps, z)
 
 
@@ -617,7 +506,11 @@ def _uniform_mass(
 
 
 def _z_loss_term(
-    x: jax.Array, mask: jax.Array | None, axes: tuple[int, ...], z: jax.Array
+    x: jax.Array,
+    mask: jax.Array | None,
+    axes: tuple[int, ...],
+    reduction: Reduction,
+    z: jax.Array,
 ) -> jax.Array:
     """PaLM's auxiliary ``z · logsumexp(x)^2``, per example.
 
@@ -627,7 +520,7 @@ def _z_loss_term(
     ``lse = -inf`` and contributes 0, not ``(-inf)^2``; its derivative is 0.
     """
     zero = jnp.zeros((), x.dtype)
-    lse = jnp.squeeze(lse_minus(x, zero, mask, axes), axes)
+    lse = jnp.squeeze(row_logsumexp(x, mask, axes, reduction), axes)
     finite = jnp.isfinite(lse)
     # Double where: the derivative flows only through finite rows. A +inf row (a +inf logit)
     # has z-loss +inf whose derivative is not defined; it gets 0 here (the cross-entropy keeps
@@ -637,13 +530,14 @@ def _z_loss_term(
     return safe_mul(z, jnp.where(finite, lse_f * lse_f, edge))
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def _soft_ce_options(
     x: jax.Array,
     t: jax.Array,
     mask: jax.Array | None,
     opts: _Options,
     axes: tuple[int, ...],
+    reduction: Reduction,
     check_targets: bool,
 ) -> jax.Array:
     if check_targets:
@@ -654,13 +548,13 @@ def _soft_ce_options(
     if opts.weights is not None:
         # Weighted labels w_k t'_k may exceed 1: the check above already ran on t itself.
         t = nan_where(negative(opts.weights), opts.weights) * t
-    loss = _soft_ce_core(x, t, mask, axes, False)
+    loss = soft_ce_core(x, t, mask, axes, reduction)
     if opts.z_loss is not None:
-        loss = loss + _z_loss_term(x, mask, axes, opts.z_loss)
+        loss = loss + _z_loss_term(x, mask, axes, reduction, opts.z_loss)
     return loss
 
 
-@functools.partial(jax.jit, static_argnums=(5,))
+@functools.partial(jax.jit, static_argnums=(5, 6))
 def _integer_ce_options(
     x: jax.Array,
     y: jax.Array,
@@ -668,14 +562,15 @@ def _integer_ce_options(
     ignored: jax.Array | None,
     opts: _Options,
     axes: tuple[int, ...],
+    reduction: Reduction,
 ) -> jax.Array:
     zero = jnp.zeros((), x.dtype)
     # (1 - eps) w[y] (-log p_y): the exact integer-label core, scaled.
-    loss = _integer_ce_core(x, y, mask, axes)
+    loss = _integer_ce_core(x, y, mask, axes, reduction)
     coef = None
     if opts.weights is not None:
         w = nan_where(negative(opts.weights), opts.weights)
-        wl, _ = _classes_last(w, None, axes)
+        wl, _ = classes_last(w, None, axes)
         is_y = lax.broadcasted_iota(y.dtype, wl.shape, wl.ndim - 1) == y[..., None]
         coef = jnp.sum(jnp.where(is_y, wl, zero), axis=-1)  # w[y] without a gather
     if opts.smoothing is not None:
@@ -690,9 +585,9 @@ def _integer_ce_options(
         u = _uniform_mass(opts.smoothing, mask, tuple(x.shape), axes)
         if opts.weights is not None:
             u = u * nan_where(negative(opts.weights), opts.weights)
-        loss = loss + _soft_ce_core(x, jnp.broadcast_to(u, x.shape), mask, axes, False)
+        loss = loss + soft_ce_core(x, jnp.broadcast_to(u, x.shape), mask, axes, reduction)
     if opts.z_loss is not None:
-        loss = loss + _z_loss_term(x, mask, axes, opts.z_loss)
+        loss = loss + _z_loss_term(x, mask, axes, reduction, opts.z_loss)
     if ignored is not None:
         loss = jnp.where(ignored, zero, loss)
     return loss

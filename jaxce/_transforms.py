@@ -30,24 +30,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxce._validate import _is_concrete, check_positive, nan_where
+from jaxce._options import POSITIVE, scalar_option
 
 __all__ = ["scale_logits", "soft_cap"]
-
-
-def _scale(name: str, value: ArrayLike, dtype: jnp.dtype) -> jax.Array:
-    v = jnp.asarray(value)
-    if v.ndim != 0 or not (
-        jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
-    ):
-        raise TypeError(
-            f"`{name}` must be a real scalar; got dtype {v.dtype}, shape {tuple(v.shape)}."
-        )
-    v = v.astype(dtype)
-    check_positive(name, v)  # concrete: a ValueError already, so v is positive here
-    if _is_concrete(v):
-        return v  # no NaN constant built eagerly (jax.debug_nans would flag it)
-    return nan_where(~(v > 0), v)  # a non-positive scale: NaN loss under jit, never a number
 
 
 def _tanh(u: jax.Array) -> jax.Array:
@@ -91,8 +76,8 @@ def scale_logits(
     ``None`` leaves a step out (no operation is traced). ``x`` is already in its compute dtype.
     """
     if temperature is not None:
-        x = x / _scale("temperature", temperature, x.dtype)
+        x = x / scalar_option("temperature", temperature, x.dtype, POSITIVE)
     if logit_soft_cap is not None:
-        cap = _scale("logit_soft_cap", logit_soft_cap, x.dtype)
+        cap = scalar_option("logit_soft_cap", logit_soft_cap, x.dtype, POSITIVE)
         x = jnp.where(jnp.isneginf(x), x, soft_cap(x, cap))
     return x

@@ -156,7 +156,7 @@ def checked(
     return checkify.checkify(traced, errors=checkify.user_checks)
 
 
-def _is_concrete(a: jax.Array) -> bool:
+def is_concrete(a: jax.Array) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
 
@@ -166,7 +166,7 @@ def _first_bad(bad: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.any(flat), jnp.argmax(flat)
 
 
-def _report(name: str, values: jax.Array, bad: jax.Array, expected: str) -> None:
+def report(name: str, values: jax.Array, bad: jax.Array, expected: str) -> None:
     """Raise (eagerly) or emit a checkify check (checked mode) if ``bad`` has a True entry."""
     if bad.size == 0:
         return
@@ -180,7 +180,7 @@ def _report(name: str, values: jax.Array, bad: jax.Array, expected: str) -> None
             first,
         )
         return
-    if not _is_concrete(bad):
+    if not is_concrete(bad):
         return  # concrete values combined with traced ones inside a jit trace
     any_bad, first = _first_bad(bad)
     if bool(any_bad):
@@ -193,17 +193,17 @@ def _report(name: str, values: jax.Array, bad: jax.Array, expected: str) -> None
         )
 
 
-def _wanted(values: jax.Array) -> bool:
+def wanted(values: jax.Array) -> bool:
     """Check now: in checked mode, or eagerly. Under plain jit the loss itself makes the NaN,
     so nothing is traced here."""
-    return _checking() or _is_concrete(values)
+    return _checking() or is_concrete(values)
 
 
 def check_class_indices(name: str, labels: jax.Array, num_classes: int) -> None:
     """Integer labels must lie in ``[0, num_classes)``."""
-    if _wanted(labels):
+    if wanted(labels):
         bad = (labels < 0) | (labels >= num_classes)
-        _report(name, labels, bad, f"[0, {num_classes}) (the number of classes)")
+        report(name, labels, bad, f"[0, {num_classes}) (the number of classes)")
 
 
 def outside_unit_interval(t: jax.Array) -> jax.Array:
@@ -219,35 +219,35 @@ def check_probabilities(name: str, p: jax.Array, mask: jax.Array | None = None) 
     """Probabilities given as inputs (``probs``) must lie in ``[0, 1]`` on the kept classes.
 
     Always checked: a probability outside ``[0, 1]`` has no meaning."""
-    if _wanted(p):
-        _report(name, p, _masked(outside_unit_interval(p), mask), "[0, 1] (probabilities)")
+    if wanted(p):
+        report(name, p, _masked(outside_unit_interval(p), mask), "[0, 1] (probabilities)")
 
 
 def _targets_wanted(values: jax.Array) -> bool:
     """Target ranges are checked in checked mode (``targets=True``) or in strict mode."""
     if _checking():
         return _checking_targets() or strict_targets()
-    return strict_targets() and _is_concrete(values)
+    return strict_targets() and is_concrete(values)
 
 
 def check_probability_targets(name: str, t: jax.Array, mask: jax.Array | None = None) -> None:
     """Soft / binary labels outside ``[0, 1]``: reported in checked and strict mode only
     (by default they are the linear extension, see :func:`target_checks`)."""
     if _targets_wanted(t):
-        _report(name, t, _masked(outside_unit_interval(t), mask), "[0, 1] (probabilities)")
+        report(name, t, _masked(outside_unit_interval(t), mask), "[0, 1] (probabilities)")
 
 
 def check_log_probability_targets(name: str, lt: jax.Array, mask: jax.Array | None = None) -> None:
     """Log-targets above 0: reported in checked and strict mode only."""
     if _targets_wanted(lt):
-        _report(name, lt, _masked(~(lt <= 0), mask), "[-inf, 0] (log-probabilities)")
+        report(name, lt, _masked(~(lt <= 0), mask), "[-inf, 0] (log-probabilities)")
 
 
 def check_nonnegative_targets(name: str, t: jax.Array, mask: jax.Array | None = None) -> None:
     """KL-type targets (``t·log t``) must be ``>= 0`` on the kept classes: always checked
     (the cores make such an example NaN under ``jit``)."""
-    if _wanted(t):
-        _report(name, t, _masked(negative(t), mask), "[0, inf) (non-negative targets)")
+    if wanted(t):
+        report(name, t, _masked(negative(t), mask), "[0, inf) (non-negative targets)")
 
 
 def nan_where(bad: jax.Array, a: jax.Array) -> jax.Array:
@@ -266,11 +266,5 @@ def check_nonnegative(name: str, w: jax.Array) -> None:
     Always checked (like integer labels; :func:`target_checks` does not switch it off). Under
     ``jit`` the core turns the affected examples NaN with :func:`nan_where` and :func:`negative`.
     """
-    if _wanted(w):
-        _report(name, w, negative(w), "[0, inf) (weights must be non-negative)")
-
-
-def check_positive(name: str, v: jax.Array) -> None:
-    """Scales (``temperature``, ``logit_soft_cap``) must be ``> 0``; NaN under ``jit``."""
-    if _wanted(v):
-        _report(name, v, ~(v > 0), "(0, inf] (a positive scale)")
+    if wanted(w):
+        report(name, w, negative(w), "[0, inf) (weights must be non-negative)")

@@ -45,6 +45,33 @@ def test_import_does_not_pull_optax_or_mpmath():
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_runtime_dependencies_are_what_the_library_imports():
+    """jax, jaxlib and numpy only: optax (the self-check's side-by-side columns), mpmath and
+    matplotlib are the ``selfcheck`` extra; the tests' tools the ``test`` extra."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]
+    names = sorted(d.split(">")[0].split("=")[0].split("<")[0] for d in project["dependencies"])
+    assert names == ["jax", "jaxlib", "numpy"]
+    assert any(d.startswith("optax") for d in project["optional-dependencies"]["selfcheck"])
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    """Package modules share helpers by their public (package-internal) names only: no
+    ``from jaxce._x import _y`` (a private name of another module)."""
+    import ast
+
+    pkg = Path(jaxce.__file__).parent
+    crossing = []
+    for path in sorted(pkg.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxce."):
+                crossing += [f"{path.name}: {a.name}" for a in node.names if a.name[0] == "_"]
+    assert not crossing, crossing
+
+
 def test_ci_installs_the_parity_pin():
     """.ci/run installs the same PyTorch as pyproject's `parity` extra (so CI runs the matrix)."""
     import tomllib

@@ -21,8 +21,8 @@ import pytest
 import jaxce
 from jaxce import _reference as ref
 from jaxce._grid import REAL_BINARY_LABELS, TARGET_KINDS, softmax_grid
+from tests.derivatives import derivative_check
 from tests.test_accuracy import TINY, U, _cast, _errors
-from tests.test_sigmoid_family import derivative_check
 
 INF = math.inf
 NAN = math.nan

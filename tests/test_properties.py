@@ -17,9 +17,11 @@ Properties (see each test's docstring):
 * invariance to adding a constant to every logit of a row (exact shifts on a binary grid);
 * permutation equivariance over classes;
 * gradients over classes sum to 0 (1 for ``logsumexp``) within a propagated rounding bound;
-* ``jit`` == eager and ``vmap`` == a python loop over rows;
+* ``jit`` == eager for every loss, ``vmap`` == a python loop over rows for the core functions
+  (the other losses' vmap, and size-1 / empty batches: ``tests/test_common.py``);
 * a fuzz test on random bit patterns (NaN payloads, subnormals, ±0, ±inf): nothing raises, the
-  NaN policy holds row by row, and the documented ``±inf`` limits hold.
+  NaN policy holds row by row (a NaN stays in its example, for every loss), and the
+  documented ``±inf`` limits hold.
 
 Hypothesis profiles (registered here, not in conftest): ``ci`` (the default: few examples per
 test, derandomized so that CI is reproducible, no example database) and ``nightly`` (10x the
@@ -1196,8 +1198,8 @@ def fuzz_inputs(draw: st.DrawFn, dtype: str, name: str) -> Inputs:
         x = _raw_to_f64(raw)
         lt = -np.abs(_random_bits(rng, dtype, inp.shape).astype(np.float64))
     lt = np.where(np.isnan(lt), -np.inf, lt)  # NaN targets are unsupported by convention
-    # Log targets whose exp underflows in the compute dtype are left to
-    # test_kl_log_targets_underflowing_target (a known failure): here they are -inf.
+    # Log targets whose exp underflows in the compute dtype have their own test
+    # (test_kl_log_targets_underflowing_target): here they are -inf.
     compute = "float64" if dtype == "float64" else "float32"
     lt = np.where(lt < math.log(_tiny(compute)), -np.inf, lt)
     return inp.replace(x=x, raw=raw, lt=lt)
@@ -1226,15 +1228,13 @@ def test_fuzz_random_bits(name, dtype, request):
         x, aux = inp.jax()
         value, grad = _bundle(x, aux)[name]
         v, g = _f64(value), _f64(grad)
-        known = _known_failures(name, inp)
         nan = _nan_rows(inp, name)
         # KL: the reference drops a term with zero target whatever its log-prediction, NaN
         # included; the README's policy (followed here) makes any NaN input NaN for its
         # example. The gradient wrt the log-predictions stays -t in both.
-        skip = known | nan if name in KL_FNS else known
+        skip = nan if name in KL_FNS else np.zeros_like(nan)
         n = _fuzz_against_reference(name, inp, value, grad, skip_value=skip)
-        ok_nan = nan & ~(known if known.ndim == nan.ndim else known[..., None])
-        assert np.all(np.isnan(v[ok_nan])), (f"{name}: NaN input, non-NaN value", v)
+        assert np.all(np.isnan(v[nan])), (f"{name}: NaN input, non-NaN value", v)
         if name not in KL_FNS:
             assert np.all(np.isnan(g[nan])), (f"{name}: NaN input, non-NaN gradient", g)
         # The other rows are untouched: replace the NaN rows by zeros and compare bitwise (the
@@ -1253,16 +1253,6 @@ def test_fuzz_random_bits(name, dtype, request):
 
     factor = 0.5 if dtype == "float64" else 1.0
     _run(request, fuzz_inputs(dtype, name), check, factor)
-
-
-def _known_failures(name: str, inp: Inputs) -> np.ndarray:
-    """Rows (batch shape) hit by a known failure pinned by an xfail test, where the fuzz test
-    skips the value checks. Remove a clause together with its test's xfail mark once fixed.
-    (None left: the integer-label NaN-with-masked-label and the soft-label range-overflow
-    failures are fixed.)
-    """
-    batch = inp.shape[:-1]
-    return np.zeros(batch, bool)
 
 
 def _fuzz_against_reference(
@@ -1877,8 +1867,9 @@ def test_ext_jit_matches_eager(name, request):
 @pytest.mark.parametrize("name", list(EXT_FNS))
 def test_ext_fuzz_nan_stays_in_its_example(name, request):
     """Random bit patterns (NaN payloads, subnormals, ±0, ±inf) as logits: nothing raises,
-    no NaN without a NaN input, and a NaN logit makes its example NaN while the other
-    examples are bitwise those of the batch with the NaN replaced by 0."""
+    and a NaN logit makes its example NaN while the other examples' values and gradients are
+    bitwise those of the batch with the NaN replaced by 0 (the home of NaN isolation for
+    these losses; the core functions': test_fuzz_random_bits)."""
 
     @st.composite
     def case(draw: st.DrawFn) -> ExtInputs:
@@ -1889,7 +1880,7 @@ def test_ext_fuzz_nan_stays_in_its_example(name, request):
         return dataclasses.replace(inp, x=raw)
 
     def check(inp: ExtInputs) -> int:
-        v, _ = (_f64(a) for a in _ext_bundle(*inp.jax())[name])
+        v, g = (_f64(a) for a in _ext_bundle(*inp.jax())[name])
         nan_in = np.isnan(inp.x)
         nan_ex = nan_in if name in EXT_ELEMENTWISE else nan_in.any(-1)
         if name == "softmax_cross_entropy_with_integer_labels+options":
@@ -1897,28 +1888,11 @@ def test_ext_fuzz_nan_stays_in_its_example(name, request):
         assert np.all(np.isnan(v[nan_ex])), (name, v, inp.x)
         if nan_in.any() and not nan_in.all():
             clean = dataclasses.replace(inp, x=np.where(nan_in, 0.0, inp.x))
-            v2, _ = (_f64(a) for a in _ext_bundle(*clean.jax())[name])
+            v2, g2 = (_f64(a) for a in _ext_bundle(*clean.jax())[name])
             keep = ~(nan_in if name in EXT_ELEMENTWISE else nan_in.any(-1))
             assert np.array_equal(v[keep], v2[keep], equal_nan=True), (name, v, v2)
+            rows = ~nan_in.any(-1)  # the gradient of a row without a NaN logit
+            assert np.array_equal(g[rows], g2[rows], equal_nan=True), (name, g, g2)
         return int(v.size)
 
     _run(request, case(), check, EXT_FACTOR)
-
-
-@pytest.mark.parametrize("name", list(EXT_FNS))
-@pytest.mark.parametrize("batch", [(1,), (0,)], ids=["size1", "empty"])
-def test_ext_size_one_and_empty_batches(name, batch):
-    """A batch of one example and an empty batch: the right shapes, finite values."""
-    V = EXT_SHAPE[-1]
-    shape = (*batch, V)
-    rng = np.random.default_rng(0)
-    t = rng.dirichlet(np.ones(V), size=batch)
-    inp = ExtInputs(rng.standard_normal(shape), rng.standard_normal(shape), t,
-                    rng.random(shape), np.zeros(batch, np.int32), np.asarray(_EXT_W))  # fmt: skip
-    x, aux = inp.jax()
-    v = EXT_FNS[name](x, aux)
-    g = jax.grad(lambda z: jnp.sum(EXT_FNS[name](z, aux)))(x)
-    assert v.shape == (shape if name in EXT_ELEMENTWISE else batch)
-    assert g.shape == shape
-    assert np.all(np.isfinite(_f64(v)))
-    assert np.all(np.isfinite(_f64(g)))

@@ -140,3 +140,21 @@ def test_module_entry_point_runs():
     assert proc.returncode == 0, proc.stderr
     assert "| softmax_cross_entropy_with_integer_labels | float32 |" in proc.stdout
     assert "PASS" in proc.stdout
+
+
+def test_self_check_runs_without_optax_and_says_how_to_install_it():
+    """optax is optional: with it unimportable the check still scores jaxce (exit 0), leaves
+    the optax columns empty and prints how to get them."""
+    code = (
+        "import sys; sys.modules['optax'] = None\n"
+        "from jaxce._selfcheck import main\n"
+        "sys.exit(main(['--quick', '--dtype', 'float32', '--max-classes', '3',"
+        " '--function', 'softmax_cross_entropy']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sc.NO_OPTAX in out.stderr
+    (row,) = [line for line in out.stdout.splitlines() if line.startswith("| softmax_cross")]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[-1] == "PASS"
+    assert cells[6:9] == ["—", "—", "—"], cells  # optax's value, gradient, inf/NaN

@@ -16,10 +16,15 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxce._checks import canonical_axes, class_weights, float_array, integer_array
+from jaxce._checks import (
+    canonical_axes,
+    class_weights,
+    classes_last,
+    float_array,
+    integer_array,
+)
 from jaxce._primitives import safe_mul
 from jaxce._softmax import (
-    _classes_last,
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
@@ -176,7 +181,7 @@ def _nll_core(
     w: jax.Array | None,
     axes: tuple[int, ...],
 ) -> jax.Array:
-    xl, _ = _classes_last(x, None, axes)
+    xl, _ = classes_last(x, None, axes)
     num_classes = xl.shape[-1]
     zero = jnp.zeros((), x.dtype)
     yy = y[..., None]
@@ -264,7 +269,7 @@ def nll_loss(
     if weight is not None:
         wf = class_weights("weight", weight, tuple(x.shape), axes, x.dtype)
         check_nonnegative("weight", float_array("weight", weight))
-        w, _ = _classes_last(wf, None, axes)
+        w, _ = classes_last(wf, None, axes)
     loss = _nll_core(x, y, ignored, w, axes)
     if reduction != "mean":
         return reduce(loss, reduction)
