@@ -172,7 +172,7 @@ def poly_loss_cross_entropy(
     mask = mask_array(where, tuple(x.shape), axes)
     eps = scalar_option("epsilon", epsilon, x.dtype, None)
     check_probability_targets("labels", t, mask)
-    reduction = reduction_for(x, jnp.result_type(logits))
+    reduction = reduction_for(x)
     return _poly_core(x, t, mask, eps, axes, reduction, strict_targets())
 
 
@@ -358,5 +358,5 @@ def softmax_focal_loss(
             a = class_weights("alpha", raw, tuple(x.shape), axes, x.dtype)
         check_nonnegative("alpha", raw)
     check_probability_targets("labels", t, mask)
-    reduction = reduction_for(x, jnp.result_type(logits))
+    reduction = reduction_for(x)
     return _focal_core(x, t, a, g, mask, axes, reduction, strict_targets())

@@ -224,7 +224,6 @@ def _sums(
     return tuple(Pair(jnp.expand_dims(p.s, axes), jnp.expand_dims(p.c, axes)) for p in pairs)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
 def row_sums(
     arrays: tuple[jax.Array, ...],
     axes: tuple[int, ...],
@@ -241,26 +240,33 @@ def row_sums(
     ``bare_exp`` says the arrays are bare exponentials (a light producer). Derivative: the
     sum of the tangents, with ``c``'s tangent 0.
     """
-    return _sums(tuple(arrays), axes, reduction, plain_first, bare_exp)
-
-
-@row_sums.defjvp
-def _row_sums_jvp(axes, reduction, plain_first, bare_exp, primals, tangents):
-    (arrays,), (dots,) = primals, tangents
-    pairs = row_sums(arrays, axes, reduction, plain_first, bare_exp)
-    out = tuple(
-        Pair(jnp.sum(d, axis=axes, keepdims=True), jnp.zeros_like(p.c))
-        for d, p in zip(dots, pairs, strict=True)
-    )
-    return pairs, out
+    return _row_sums(tuple(arrays), axes, reduction, plain_first, bare_exp, False)
 
 
 def row_sum(
     a: jax.Array, axes: tuple[int, ...], reduction: Reduction, keepdims: bool = False
 ) -> jax.Array:
     """The compensated sum of one array over ``axes`` (:func:`row_sums`), as one value."""
-    total = pair_total(row_sums((a,), axes, reduction)[0])
+    (total,) = _row_sums((a,), axes, reduction, (), False, True)
     return total if keepdims else jnp.squeeze(total, axes)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _row_sums(arrays, axes, reduction, plain_first, bare_exp, totals):
+    pairs = _sums(arrays, axes, reduction, plain_first, bare_exp)
+    # The total is formed inside the rule: formed outside it, XLA:CPU kept more partial sums
+    # for the gradient pass (benchmarks/README.md).
+    return tuple(map(pair_total, pairs)) if totals else pairs
+
+
+@_row_sums.defjvp
+def _row_sums_jvp(axes, reduction, plain_first, bare_exp, totals, primals, tangents):
+    (arrays,), (dots,) = primals, tangents
+    out = _row_sums(arrays, axes, reduction, plain_first, bare_exp, totals)
+    sums = tuple(jnp.sum(d, axis=axes, keepdims=True) for d in dots)
+    if totals:
+        return out, sums
+    return out, tuple(Pair(t, jnp.zeros_like(p.c)) for t, p in zip(sums, out, strict=True))
 
 
 # --------------------------------------------------------------------------------------------

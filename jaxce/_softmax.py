@@ -377,7 +377,7 @@ def softmax_cross_entropy_with_integer_labels(
         x = jnp.where(jnp.expand_dims(ignored, axes), jnp.zeros((), x.dtype), x)
     check_class_indices("labels", y, math.prod(x.shape[a] for a in axes))
     opts = _options(x, axes, weights, label_smoothing, z_loss)
-    reduction = reduction_for(x, jnp.result_type(logits))
+    reduction = reduction_for(x)  # x is upcast: 16 lanes vectorize here, also for 16-bit logits
     if opts.off and temperature is None and logit_soft_cap is None and ignored is None:
         return _integer_ce_core(x, y, mask, axes, reduction)
     x = scale_logits(x, temperature=temperature, logit_soft_cap=logit_soft_cap)
