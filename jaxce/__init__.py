@@ -15,6 +15,7 @@ from jaxce._focal import softmax_focal_loss as softmax_focal_loss
 from jaxce._information import entropy as entropy
 from jaxce._information import jensen_shannon_divergence as jensen_shannon_divergence
 from jaxce._information import kl_divergence_with_logits as kl_divergence_with_logits
+from jaxce._linear import linear_cross_entropy as linear_cross_entropy
 from jaxce._primitives import log_sigmoid as log_sigmoid
 from jaxce._primitives import log_softmax as log_softmax
 from jaxce._primitives import logsumexp as logsumexp
@@ -84,6 +85,7 @@ __all__ = [
     "kl_divergence",
     "kl_divergence_with_log_targets",
     "kl_divergence_with_logits",
+    "linear_cross_entropy",
     "log_odds",
     "log_sigmoid",
     "log_softmax",

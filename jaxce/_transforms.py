@@ -32,7 +32,7 @@ from jax.typing import ArrayLike
 
 from jaxce._options import POSITIVE, scalar_option
 
-__all__ = ["scale_logits", "soft_cap"]
+__all__ = ["scale_logits", "soft_cap", "soft_cap_slopes"]
 
 
 def _tanh(u: jax.Array) -> jax.Array:
@@ -57,15 +57,22 @@ def _soft_cap_jvp(
 ) -> tuple[jax.Array, jax.Array]:
     x, cap = primals
     dx, dcap = tangents
+    value, slope, cap_slope = soft_cap_slopes(x, cap)
+    return value, slope * dx + cap_slope * dcap
+
+
+def soft_cap_slopes(x: jax.Array, cap: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``cap·tanh(x/cap)`` and its derivatives in ``x`` (``sech²(x/cap)``) and in ``cap``
+    (``tanh(u) - u·sech²(u)``, ``u = x/cap``), free of cancellation."""
     u = x * (1 / cap)
     t = _tanh(u)
     h = jnp.exp(-jnp.abs(u))  # in [0, 1]; sech(u) = 2h / (1 + h²)
     sech = 2 * h / (1 + h * h)  # no subnormal intermediate: sech² = 4e^-2|u| stays normal
     s2 = sech * sech  # to where it underflows itself (|u| ≈ 44 in float32)
-    # d/dcap [cap·tanh(x/cap)] = tanh(u) - u·sech²(u); u·sech²(u) -> 0 as |u| -> inf (the
-    # select keeps inf·0 = NaN out of it, also out of the cotangent of a masked -inf logit).
+    # u·sech²(u) -> 0 as |u| -> inf (the select keeps inf·0 = NaN out of it, also out of the
+    # cotangent of a masked -inf logit).
     u_s2 = jnp.where(s2 > 0, u * s2, 0)
-    return cap * t, s2 * dx + (t - u_s2) * dcap
+    return cap * t, s2, t - u_s2
 
 
 def scale_logits(
