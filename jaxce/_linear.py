@@ -92,7 +92,7 @@ class _Stats(NamedTuple):
 
 
 class _Block(NamedTuple):
-    w: jax.Array  # the weight's columns [D, block]
+    w: jax.Array  # the block of the weight: its columns [D, block] (rows for [V, D])
     z: jax.Array  # logits [N, block] in the compute dtype
     cols: jax.Array  # their vocabulary indices
     fresh: jax.Array  # columns not counted by an earlier block
