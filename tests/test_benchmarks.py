@@ -126,3 +126,20 @@ def test_main_writes_table_json_plot_and_hlo(bench, tmp_path, capsys):
     dumps = sorted(p.name for p in hlo.iterdir())
     assert dumps == ["ce_int__float32__4x16.jaxce.hlo.txt", "ce_int__float32__4x16.optax.hlo.txt"]
     assert "ENTRY" in (hlo / dumps[0]).read_text()
+
+
+def test_linear_benchmark_reports_memory_ratios(capsys, tmp_path):
+    """benchmarks/linear.py: the compile-only memory table, ratio = materialized / jaxce."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "linear.py"
+    spec = importlib.util.spec_from_file_location("_jaxce_benchmarks_linear", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "linear.json"
+    args = ["--quick", "--no-time", "--dtypes", "float32", "--blocks", "512", "--json", str(out)]
+    assert module.main(args) == 0
+    (row,) = json.loads(out.read_text())["memory"]
+    assert row["ratio"] == pytest.approx(row["temp_base"] / row["temp_jaxce"])
+    assert row["temp_jaxce"] < row["temp_base"]
+    assert "materialized/jaxce" in capsys.readouterr().out
