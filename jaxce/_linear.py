@@ -16,15 +16,22 @@ a compensated sum of non-negative terms, each rescaled once: within a few roundi
 block (the same bits as the block's logits), so the loss ``(m - z_y) + log1p(S')`` keeps a
 confident token's tiny loss to full relative precision, as the integer-label core does.
 
-Derivatives: a ``jax.custom_jvp`` whose tangent rule is a second pass over the blocks (a
-``lax.scan`` whose body is checkpointed), linear in the tangents of ``hidden``, ``weight`` and
-``bias``. Forward mode runs it as it is; reverse mode is JAX's transposition of it, which
-recomputes each block's logits instead of storing them.
+Derivatives: a ``jax.custom_jvp``. The hidden state's part of the tangent comes from sums the
+first pass gathers alongside the statistics (``sum_k e^{z_k - m} W_k`` over the non-target
+columns, rescaled whenever the running max moves), so it costs no second pass; the target's term
+is added with its exact ``-(1 - p_y)``. The weight's, bias's and soft cap's parts are a second
+pass over the blocks (a ``lax.scan`` whose body is checkpointed). Forward mode runs the rule as
+it is; reverse mode is JAX's transposition of it, which recomputes each block's logits instead
+of storing them.
+
+Each block is computed in chunks of tokens: the ``[tokens, block]`` logits and the float32
+temporaries of one step stay a fixed size however many tokens there are.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -45,6 +52,8 @@ __all__ = ["linear_cross_entropy"]
 
 #: vocabulary columns per block when ``block_size`` is not given (benchmarks/README.md)
 DEFAULT_BLOCK = 1024
+#: tokens per chunk within a block when ``block_size`` does not say
+DEFAULT_TOKENS = 1024
 _REDUCTIONS = ("none", "sum", "mean")
 
 
@@ -61,6 +70,33 @@ class _Head(NamedTuple):
     bias: bool
     lse_tangent: bool
     rows: bool  # the weight is [V, D] (blocks are rows), else [D, V] (blocks are columns)
+    tokens: int  # tokens per chunk (a divisor of the token count)
+
+    def chunk(self, a: jax.Array, i: jax.Array) -> jax.Array:
+        """Token chunk ``i`` of a per-token array."""
+        return lax.dynamic_slice_in_dim(a, i * self.tokens, self.tokens, axis=0)
+
+    def hidden(self, h: jax.Array, live: jax.Array, i: jax.Array, j: jax.Array) -> jax.Array:
+        """Token chunk ``i`` of the hidden states, 0 at dead tokens (ignored, bad label): a
+        NaN of theirs never reaches the sums (and a chunk-sized select, not a copy of ``h``)."""
+        # The barrier ties ``h`` to both loops' iterations: XLA:CPU otherwise hoists the
+        # masked chunks out of the vocabulary loop (a stacked copy of ``h``, float32 for 16-bit).
+        h, i, _ = lax.optimization_barrier((h, i, j))
+        return jnp.where(self.chunk(live, i)[:, None], self.chunk(h, i), jnp.zeros((), h.dtype))
+
+    def scan_tokens(self, fn, carry, n: int):
+        """``carry, out = fn(carry, i)`` over the token chunks ``i``, per-token outputs joined."""
+        if self.tokens == n:  # one chunk (also no tokens at all)
+            return fn(carry, jnp.zeros((), jnp.int32))
+        carry, out = lax.scan(fn, carry, jnp.arange(n // self.tokens))
+        return carry, jax.tree.map(lambda o: o.reshape((n, *o.shape[2:])), out)
+
+    def over_tokens(self, fn, n: int):
+        """``fn(i)`` for every token chunk ``i``, its per-token outputs joined (a scan)."""
+        if self.tokens == n:  # one chunk (also no tokens at all)
+            return fn(jnp.zeros((), jnp.int32))
+        _, out = lax.scan(lambda _, i: (None, fn(i)), None, jnp.arange(n // self.tokens))
+        return jax.tree.map(lambda o: o.reshape((n, *o.shape[2:])), out)
 
     def start(self, j: jax.Array) -> jax.Array:
         # The last block is shifted left to end at the vocabulary's end; its columns that the
@@ -99,16 +135,24 @@ class _Block(NamedTuple):
     slopes: tuple[jax.Array, jax.Array] | None  # the soft cap's d/dz and d/dcap
 
 
-def _block(head: _Head, h, w, b, cap, j) -> _Block:
-    """Block ``j`` of the logits: the matmul in the inputs' dtype, accumulated in the compute
-    dtype (float32 for 16-bit inputs)."""
-    start = head.start(j)
+def _weight_block(head: _Head, w, b, j):
+    """Block ``j`` of the weight (and bias)."""
     # The barrier ties the weight to the iteration: otherwise XLA:CPU hoists a 16-bit weight's
     # conversion to float32 out of the loop, a float32 copy of the whole weight.
     wj = head.columns(*lax.optimization_barrier((w, j)))
-    a = head.logits(h, wj)
+    bj = None
     if head.bias:
-        a = a + lax.dynamic_slice_in_dim(b, start, head.block).astype(a.dtype)[None, :]
+        bj = lax.dynamic_slice_in_dim(b, head.start(j), head.block)
+    return wj, bj
+
+
+def _block(head: _Head, h, wj, bj, cap, j) -> _Block:
+    """The logits of tokens ``h`` in vocabulary block ``j`` (weight block ``wj``): the matmul
+    in the inputs' dtype, accumulated in the compute dtype (float32 for 16-bit inputs)."""
+    a = head.logits(h, wj)
+    if bj is not None:
+        a = a + bj.astype(a.dtype)[None, :]
+    start = head.start(j)
     cols = (start + lax.iota(jnp.int32, head.block))[None, :]
     fresh = cols >= j * head.block
     if not head.cap:
@@ -117,13 +161,21 @@ def _block(head: _Head, h, w, b, cap, j) -> _Block:
     return _Block(wj, z, cols, fresh, (slope, cap_slope))
 
 
-def _first_pass(head: _Head, h, w, b, y, cap) -> _Stats:
+def _first_pass(head: _Head, h, w, b, y, live, cap, gather: bool = False):
     """One pass over the blocks: each block's ``(m_b, S'_b, spread_b)`` and the target logit,
-    combined into the row's statistics."""
-    ct = compute_dtype(h.dtype)
+    combined into the row's statistics.
 
-    def body(z_y, j):
-        z = (blk := _block(head, h, w, b, cap, j)).z
+    With ``gather``, also the sums the hidden state's gradient is made of, carried with the
+    running max ``m_r`` (rescaled when it moves): ``G = sum_{k != y} e^{z_k - m_r} s_k W_k``
+    (``s`` the soft cap's slope, 1 without it), ``F = sum_{k != y} s_k W_k`` (soft cap with
+    label smoothing only) and the target's slope ``s_y``.
+    """
+    ct = compute_dtype(h.dtype)
+    n = h.shape[0]
+
+    def chunk_stats(acc, i, wj, bj, j):
+        hi, yi = head.hidden(h, live, i, j), head.chunk(y, i)
+        z = (blk := _block(head, hi, wj, bj, cap, j)).z
         mask = jnp.broadcast_to(blk.fresh, z.shape)
         xm, m = row_max(z, mask, (1,))
         also = (jnp.where(mask, m - z, 0.0),) if head.smoothing else ()
@@ -137,13 +189,53 @@ def _first_pass(head: _Head, h, w, b, y, cap) -> _Stats:
             plain_first=(True,) * len(also),
         )
         spread = pair_total(pairs[0]) if pairs else jnp.zeros_like(m)
-        local = jnp.clip(y - head.start(j), 0, head.block - 1)[:, None]
+        local = jnp.clip(yi - head.start(j), 0, head.block - 1)[:, None]
         picked = jnp.take_along_axis(z, local, axis=1)[:, 0]
-        mine = (y >= j * head.block) & (y < (j + 1) * head.block)
-        return jnp.where(mine, picked, z_y), (m[:, 0], stats.s1[:, 0], spread[:, 0])
+        out = (m[:, 0], stats.s1[:, 0], spread[:, 0], picked)
+        if acc is None:
+            return acc, out
+        g_acc, f_acc, m_run, s_y = acc
+        m_old = head.chunk(m_run, i)
+        m_new = jnp.maximum(m_old, m[:, 0])
+        rescale = jnp.where(m_old == m_new, 1.0, jnp.exp(m_old - m_new))
+        other = mask & (blk.cols != yi[:, None])
+        e = jnp.where(other, jnp.exp(z - m_new[:, None]), 0.0)
+        slope = None if blk.slopes is None else blk.slopes[0]
+        e = e if slope is None else e * slope
 
-    z_y, (m_b, s1_b, spread_b) = lax.scan(
-        body, jnp.zeros(h.shape[:1], ct), jnp.arange(head.n_blocks, dtype=jnp.int32)
+        def update(a, rows):
+            return lax.dynamic_update_slice_in_dim(a, rows, i * head.tokens, 0)
+
+        g_new = head.chunk(g_acc, i) * rescale[:, None] + head.back(e.astype(h.dtype), wj)
+        g_acc = update(g_acc, g_new)
+        if f_acc is not None and slope is not None:
+            flat = jnp.where(other, slope, 0.0).astype(h.dtype)
+            f_acc = update(f_acc, head.chunk(f_acc, i) + head.back(flat, wj))
+        if s_y is not None and slope is not None:
+            mine = (yi >= j * head.block) & (yi < (j + 1) * head.block)
+            at_y = jnp.take_along_axis(slope, local, axis=1)[:, 0]
+            s_y = update(s_y, jnp.where(mine, at_y, head.chunk(s_y, i)))
+        return (g_acc, f_acc, update(m_run, m_new), s_y), out
+
+    def body(carry, j):
+        z_y, acc = carry
+        wj, bj = _weight_block(head, w, b, j)
+        acc, (m, s1, spread, picked) = head.scan_tokens(
+            lambda a, i: chunk_stats(a, i, wj, bj, j), acc, n
+        )
+        mine = (y >= j * head.block) & (y < (j + 1) * head.block)
+        return (jnp.where(mine, picked, z_y), acc), (m, s1, spread)
+
+    acc0 = None
+    if gather:
+        acc0 = (
+            jnp.zeros((n, h.shape[1]), ct),
+            jnp.zeros((n, h.shape[1]), ct) if head.cap and head.smoothing else None,
+            jnp.full((n,), -jnp.inf, ct),
+            jnp.ones((n,), ct) if head.cap else None,
+        )
+    (z_y, acc), (m_b, s1_b, spread_b) = lax.scan(
+        body, (jnp.zeros((n,), ct), acc0), jnp.arange(head.n_blocks, dtype=jnp.int32)
     )
     m = jnp.max(m_b, axis=0, keepdims=True)
     blocks = lax.broadcasted_iota(jnp.int32, m_b.shape, 0)
@@ -159,7 +251,7 @@ def _first_pass(head: _Head, h, w, b, y, cap) -> _Stats:
         last = head.vocab - (head.n_blocks - 1) * head.block
         width = jnp.where(blocks == head.n_blocks - 1, last, head.block)
         spread = row_sum(spread_b - width * below, (0,), FUSED)
-    return _Stats(m[0], s1, z_y, spread)
+    return _Stats(m[0], s1, z_y, spread), acc
 
 
 def _token_values(head: _Head, st: _Stats, live, eps, zl):
@@ -193,7 +285,7 @@ def _target_slope(head: _Head, st: _Stats, lse, eps, zl):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _head_ce(head: _Head, h, w, b, y, live, eps, zl, cap):
     """Per-token ``(loss, lse)`` of the linear head (the core the public function reduces)."""
-    st = _first_pass(head, h, w, b, y, cap)
+    st, _ = _first_pass(head, h, w, b, y, live, cap)
     return _token_values(head, st, live, eps, zl)
 
 
@@ -201,50 +293,86 @@ def _head_ce(head: _Head, h, w, b, y, live, eps, zl, cap):
 def _head_ce_jvp(head: _Head, primals, tangents):
     h, w, b, y, live, eps, zl, cap = primals
     dh, dw, db, _, _, deps, dzl, dcap = tangents
-    st = _first_pass(head, h, w, b, y, cap)
+    dh_c = None if isinstance(dh, SymbolicZero) else dh.astype(compute_dtype(h.dtype))
+    st, acc = _first_pass(head, h, w, b, y, live, cap, gather=dh_c is not None)
     loss, lse = _token_values(head, st, live, eps, zl)
     g_y = _target_slope(head, st, lse, eps, zl)
     inv = 1.0 / (1.0 + st.s1)
-    cdt, ct = h.dtype, compute_dtype(h.dtype)
+    ct = compute_dtype(h.dtype)
     live_c = live.astype(ct)
     use_w = not isinstance(dw, SymbolicZero)
     use_b = head.bias and not isinstance(db, SymbolicZero)
     use_cap = head.cap and not isinstance(dcap, SymbolicZero)
-    # dh enters in the compute dtype, so its cotangent accumulates across blocks in it.
-    dh_c = None if isinstance(dh, SymbolicZero) else dh.astype(ct)
+    t_loss = jnp.zeros_like(loss)
+    t_lse = jnp.zeros_like(lse)
 
-    def tangent(blk: _Block, j, grad):
-        """``sum_k grad_k · dz_k`` per token for block ``j`` (``dz``: the logits' tangent)."""
+    if dh_c is not None:
+        # d loss / dh = sum_k g_k s_k W_k, from the first pass's sums: the target's term with
+        # its exact -(1 - p_y), the others' scaled by 1 / (1 + S') at the final max.
+        g_acc, f_acc, _, s_y = acc
+        s_y = jnp.ones_like(lse) if s_y is None else s_y
+        w_y = (jnp.take(w, y, axis=0) if head.rows else jnp.take(w, y, axis=1).T).astype(ct)
+        c = inv * (1.0 + 2.0 * zl * lse) if head.z_loss else inv
+        grad_h = c[:, None] * g_acc + (g_y * s_y)[:, None] * w_y
+        if head.smoothing:
+            if f_acc is None:
+                f_acc = jnp.sum(w, axis=1 - head.rows, dtype=ct)[None, :] - w_y
+            grad_h = grad_h - (eps / head.vocab) * f_acc
+        t_loss = t_loss + jnp.sum(grad_h * dh_c, axis=1) * live_c
+        if head.lse_tangent:
+            p_y = jnp.where(st.z_y == st.m, inv, jnp.exp(st.z_y - st.m) * inv)
+            grad_lse = inv[:, None] * g_acc + (p_y * s_y)[:, None] * w_y
+            t_lse = t_lse + jnp.sum(grad_lse * dh_c, axis=1) * live_c
+
+    def tangent(blk: _Block, grad, hi, dwj, dbj):
+        """``sum_k grad_k · dz_k`` per token of one block, ``dz`` the logits' tangent from
+        the weight, the bias and the cap (the hidden state's part is above)."""
         ga = grad if blk.slopes is None else grad * blk.slopes[0]
         t = jnp.zeros(grad.shape[:1], ct)
-        if dh_c is not None:
-            # (ga @ W_b^T) · dh: the matmul in the input dtype, as the cotangent's is.
-            back = head.back(ga.astype(cdt), blk.w)
-            t = t + jnp.sum(back * dh_c, axis=1)
-        if use_w:
-            t = t + jnp.sum(ga * head.logits(h, head.columns(dw, j)), axis=1)
-        if use_b:
-            dbb = lax.dynamic_slice_in_dim(db, head.start(j), head.block).astype(ct)[None, :]
-            t = t + jnp.sum(ga * dbb, axis=1)
+        if dwj is not None:
+            t = t + jnp.sum(ga * head.logits(hi.astype(ct), dwj), axis=1)
+        if dbj is not None:
+            t = t + jnp.sum(ga * dbj[None, :], axis=1)
         if use_cap and blk.slopes is not None:
             t = t + jnp.sum(grad * blk.slopes[1], axis=1) * dcap
         return t
 
-    def body(acc, j):
-        blk = _block(head, h, w, b, cap, j)
-        p = jnp.where(blk.fresh, jnp.exp(blk.z - st.m[:, None]), 0.0) * inv[:, None]
-        g = p * (1.0 + 2.0 * zl * lse)[:, None] if head.z_loss else p
+    per_token = (y, live_c, st.m, inv, lse, g_y)
+
+    def chunk_tangents(i, wj, bj, dwj, dbj, j):
+        hi = head.hidden(h, live, i, j)
+        yi, live_i, m_i, inv_i, lse_i, g_y_i = (head.chunk(a, i) for a in per_token)
+        blk = _block(head, hi, wj, bj, cap, j)
+        p = jnp.where(blk.fresh, jnp.exp(blk.z - m_i[:, None]), 0.0) * inv_i[:, None]
+        g = p * (1.0 + 2.0 * zl * lse_i)[:, None] if head.z_loss else p
         if head.smoothing:
             g = jnp.where(blk.fresh, g - eps / head.vocab, 0.0)
-        g = jnp.where((blk.cols == y[:, None]) & blk.fresh, g_y[:, None], g) * live_c[:, None]
-        t_loss = acc[0] + tangent(blk, j, g)
+        g = jnp.where((blk.cols == yi[:, None]) & blk.fresh, g_y_i[:, None], g)
+        g = g * live_i[:, None]
+        t_loss = tangent(blk, g, hi, dwj, dbj)
         if not head.lse_tangent:
-            return (t_loss, acc[1]), None
-        return (t_loss, acc[1] + tangent(blk, j, p * live_c[:, None])), None
+            return t_loss, jnp.zeros_like(t_loss)
+        return t_loss, tangent(blk, p * live_i[:, None], hi, dwj, dbj)
 
-    zeros = (jnp.zeros(h.shape[:1], ct), jnp.zeros(h.shape[:1], ct))
-    body = jax.checkpoint(body, prevent_cse=False)
-    (t_loss, t_lse), _ = lax.scan(body, zeros, jnp.arange(head.n_blocks, dtype=jnp.int32))
+    # Checkpointed, so that reverse mode recomputes each block's logits, not store them.
+    chunk_tangents = jax.checkpoint(chunk_tangents, prevent_cse=False)
+
+    def body(acc, j):
+        wj, bj = _weight_block(head, w, b, j)
+        # The tangents' blocks in the compute dtype: their cotangents accumulate over the token
+        # chunks in it.
+        dwj = head.columns(dw, j).astype(ct) if use_w else None
+        dbj = lax.dynamic_slice_in_dim(db, head.start(j), head.block).astype(ct) if use_b else None
+        t_loss, t_lse = head.over_tokens(
+            lambda i: chunk_tangents(i, wj, bj, dwj, dbj, j), h.shape[0]
+        )
+        return (acc[0] + t_loss, acc[1] + t_lse), None
+
+    if use_w or use_b or use_cap:
+        body = jax.checkpoint(body, prevent_cse=False)
+        (t_loss, t_lse), _ = lax.scan(
+            body, (t_loss, t_lse), jnp.arange(head.n_blocks, dtype=jnp.int32)
+        )
     if not isinstance(deps, SymbolicZero) and head.smoothing:
         gap = jnp.where(st.z_y == st.m, 0.0, st.m - st.z_y)
         t_loss = t_loss + live_c * (st.spread / head.vocab - gap) * deps
@@ -253,16 +381,34 @@ def _head_ce_jvp(head: _Head, primals, tangents):
     return (loss, lse), (t_loss, t_lse)
 
 
-def _block_width(vocab: int, block_size: int | None) -> int:
+def _positive_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
+
+
+def _blocks(n: int, vocab: int, block_size: object) -> tuple[int, int]:
+    """``(tokens per chunk, vocabulary columns per block)`` from ``block_size``.
+
+    The token chunk is the largest divisor of ``n`` at most the requested size and at least half
+    of it (token chunks are reshaped, not sliced with a masked tail); else all tokens at once.
+    """
     if block_size is None:
-        return min(vocab, DEFAULT_BLOCK)
-    if (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, (int, np.integer))
-        or (block_size < 1)
+        tokens, cols = DEFAULT_TOKENS, DEFAULT_BLOCK
+    elif _positive_int(block_size):
+        tokens, cols = DEFAULT_TOKENS, int(block_size)  # type: ignore[call-overload]
+    elif (
+        isinstance(block_size, tuple)
+        and len(block_size) == 2
+        and all(_positive_int(v) for v in block_size)
     ):
-        raise ValueError(f"`block_size` must be a positive int or None; got {block_size!r}.")
-    return min(vocab, int(block_size))
+        tokens, cols = block_size
+    else:
+        raise ValueError(
+            "`block_size` must be a positive int (vocabulary columns per block), a pair "
+            f"(tokens, columns) of positive ints, or None; got {block_size!r}."
+        )
+    tokens = int(tokens)
+    chunk = next((t for t in range(min(tokens, n), tokens // 2, -1) if n % t == 0), n)
+    return chunk, min(vocab, int(cols))
 
 
 def linear_cross_entropy(
@@ -278,7 +424,7 @@ def linear_cross_entropy(
     z_loss: ArrayLike = 0.0,
     logit_soft_cap: ArrayLike | None = None,
     return_lse: bool = False,
-    block_size: int | None = None,
+    block_size: int | tuple[int, int] | None = None,
     weight_layout: str = "dv",
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Softmax cross-entropy of the logits ``hidden @ weight (+ bias)``, never materialized.
@@ -294,8 +440,9 @@ def linear_cross_entropy(
 
     the same value as :func:`jaxce.softmax_cross_entropy_with_integer_labels` on the
     materialized logits (with ``label_smoothing`` and ``z_loss``), computed over blocks of
-    ``block_size`` vocabulary columns so that at most one ``[tokens, block_size]`` block of
-    logits exists at a time, in the value, the gradient and forward mode. The row statistics
+    ``block_size`` vocabulary columns, each in chunks of tokens, so that at most one
+    ``[chunk, block]`` block of logits exists at a time, in the value, the gradient and forward
+    mode. The row statistics
     are carried across blocks so that a confident token's tiny loss and its ``1 - p_y`` keep
     their digits (``lse - z_y`` would round them to 0).
 
@@ -321,8 +468,9 @@ def linear_cross_entropy(
       logit_soft_cap: optional positive ``c``: logits become ``c·tanh(z / c)`` (Gemma 2).
       return_lse: also return the per-token ``logsumexp`` of the (capped) logits,
         ``labels``' shape, differentiable (0 at ignored tokens).
-      block_size: vocabulary columns per block (default 1024); the vocabulary need not be a
-        multiple of it.
+      block_size: vocabulary columns per block (default 1024; the vocabulary need not be a
+        multiple of it), or a pair ``(tokens, columns)``: each block is also computed in
+        chunks of about ``tokens`` tokens (default 1024; a divisor of the token count).
       weight_layout: ``"dv"`` (``weight`` is ``[D, V]``) or ``"vd"`` (``[V, D]``). Pass a
         tied embedding ``[V, D]`` itself with ``"vd"``, not ``embedding.T``: XLA keeps a
         loop's operands in their default layout, so under ``jit`` ``embedding.T`` is copied
@@ -412,7 +560,7 @@ def linear_cross_entropy(
         if logit_soft_cap is None
         else scalar_option("logit_soft_cap", logit_soft_cap, out_dtype, POSITIVE)
     )
-    block = _block_width(vocab, block_size)
+    tokens, block = _blocks(math.prod(token_shape), vocab, block_size)
     head = _Head(
         block,
         -(-vocab // block),
@@ -424,6 +572,7 @@ def linear_cross_entropy(
         b is not None,
         return_lse,
         rows,
+        tokens,
     )
     return _linear_ce(
         head,
@@ -457,9 +606,6 @@ def _linear_ce(head, reduction, return_lse, h, w, b, y, ignored, wt, eps, zl, ca
     ct = compute_dtype(h.dtype)
     valid = (y >= 0) & (y < head.vocab)
     live = valid if ignored is None else valid & ~ignored
-    if ignored is not None:
-        # Double where: an ignored token's hidden state (even NaN) never reaches the sums.
-        h = jnp.where(ignored[:, None], jnp.zeros((), h.dtype), h)
     zero = jnp.zeros((), ct)
     loss, lse = _head_ce(
         head,

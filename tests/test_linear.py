@@ -18,7 +18,15 @@ import jaxce
 
 U32 = 2.0**-24
 # (tokens, D, V, block): V not a multiple of the block, V smaller than the block, one block
-SHAPES = [(13, 8, 1000, 128), (7, 5, 257, 64), (5, 4, 50, 64), (6, 3, 64, 64)]
+# and (tokens, columns) pairs: blocks computed in token chunks too
+SHAPES = [
+    (13, 8, 1000, 128),
+    (7, 5, 257, 64),
+    (5, 4, 50, 64),
+    (6, 3, 64, 64),
+    (12, 6, 301, (4, 64)),
+    (12, 6, 301, (3, 128)),
+]
 OPTIONS = {
     "plain": {},
     "smoothing": {"label_smoothing": 0.1},
@@ -60,7 +68,7 @@ def close(a, b, rtol, atol=0.0):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("opt", list(OPTIONS), ids=str)
 def test_value_and_grads_match_the_materialized_loss(x64, shape, opt):
     n, d, v, block = shape
@@ -207,6 +215,10 @@ def test_tiny_losses_keep_their_digits_where_lse_minus_zy_gives_zero():
     gref = jax.grad(lambda w: jaxce.softmax_cross_entropy_with_integer_labels(h @ w, y).sum())(w)
     rows = jnp.arange(3)
     np.testing.assert_allclose(gw[rows, y], gref[rows, y], rtol=8 * U32)
+    gh = jax.grad(lambda h: jaxce.linear_cross_entropy(h, w, y, reduction="sum", block_size=64))(h)
+    gh_ref = jax.grad(lambda h: jaxce.softmax_cross_entropy_with_integer_labels(h @ w, y).sum())(h)
+    np.testing.assert_allclose(gh[rows, rows], gh_ref[rows, rows], rtol=8 * U32)
+    assert float(jnp.max(gh[rows, rows])) < 0  # the hidden state's gradient keeps 1 - p_y too
     assert float(jnp.max(gw[rows, y])) < 0  # -(1 - p_y), not 0
 
 
@@ -364,6 +376,40 @@ def test_memory_holds_blocks_not_logits(dtype, layout):
     assert ours < d * v * 2  # smaller than the 16-bit weight itself
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_token_chunks_bound_the_temporaries(dtype):
+    """With ``block_size=(tokens, columns)`` a step holds one ``[tokens, columns]`` block: the
+    temp memory stays near the chunked ceiling as the token count grows, where one chunk of all
+    tokens needs several ``[N, columns]`` float32 blocks."""
+    n, d, v, cols, tokens = 4096, 64, 8192, 512, 256
+    s = jax.ShapeDtypeStruct
+    dt = jnp.dtype(dtype)
+    specs = (s((n, d), dt), s((d, v), dt), s((n,), jnp.int32))
+
+    def temp(block):
+        return _temp(lambda h, w, y: jaxce.linear_cross_entropy(h, w, y, block_size=block), *specs)
+
+    chunked, whole = temp((tokens, cols)), temp((n, cols))
+    # a few chunk-sized blocks plus [N, D] float32 buffers (hidden-gradient sums)
+    assert chunked < 16 * tokens * cols * 4 + 6 * n * d * 4
+    assert whole > 2 * n * cols * 4
+    assert chunked < whole / 2
+
+
+@pytest.mark.parametrize(
+    ("n", "block", "want"),
+    [
+        (12, (5, 64), (4, 64)),  # the largest divisor of 12 in (5/2, 5]
+        (13, (4, 64), (13, 64)),  # 13 has none: one chunk of all tokens
+        (8192, None, (jaxce._linear.DEFAULT_TOKENS, 1000)),  # default chunk; V < default block
+        (100, 4096, (100, 1000)),  # never wider than the vocabulary or taller than N
+        (0, (8, 64), (0, 64)),
+    ],
+)
+def test_block_size_gives_token_chunks_that_divide_the_tokens(n, block, want):
+    assert jaxce._linear._blocks(n, 1000, block) == want
+
+
 def test_bfloat16_inputs():
     h, w, b, y = draw(11, 16, 700, seed=14)
     hb, wb, bb = (a.astype(jnp.bfloat16) for a in (h, w, b))
@@ -416,6 +462,10 @@ def test_bad_labels_raise_eagerly_and_are_nan_under_jit():
         ({"reduction": "avg"}, ValueError, "reduction"),
         ({"weight_layout": "kv"}, ValueError, "weight_layout"),
         ({"block_size": 0}, ValueError, "block_size"),
+        ({"block_size": True}, ValueError, "block_size"),
+        ({"block_size": (0, 64)}, ValueError, "block_size"),
+        ({"block_size": (4, 64, 1)}, ValueError, "block_size"),
+        ({"block_size": (4.0, 64)}, ValueError, "block_size"),
         ({"label_smoothing": 1.5}, ValueError, "label_smoothing"),
         ({"z_loss": -1.0}, ValueError, "z_loss"),
         ({"logit_soft_cap": 0.0}, ValueError, "logit_soft_cap"),
