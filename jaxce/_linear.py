@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jaxce._checks import compute_dtype, integer_array
@@ -62,7 +63,7 @@ class _Head(NamedTuple):
 
     block: int
     n_blocks: int
-    vocab: int
+    vocab: int  # columns of this device's weight (the whole vocabulary without ``axis``)
     reduction: Reduction
     smoothing: bool
     z_loss: bool
@@ -71,6 +72,12 @@ class _Head(NamedTuple):
     lse_tangent: bool
     rows: bool  # the weight is [V, D] (blocks are rows), else [D, V] (blocks are columns)
     tokens: int  # tokens per chunk (a divisor of the token count)
+    classes: int  # the whole vocabulary (``vocab`` times the size of ``axis``)
+    axis: str | tuple[str, ...] | None  # the mesh axes the vocabulary is split over
+
+    def psum(self, a):
+        """The sum over the vocabulary's shards (``a`` itself on one device)."""
+        return a if self.axis is None else lax.psum(a, self.axis)
 
     def chunk(self, a: jax.Array, i: jax.Array) -> jax.Array:
         """Token chunk ``i`` of a per-token array."""
@@ -133,6 +140,24 @@ class _Block(NamedTuple):
     cols: jax.Array  # their vocabulary indices
     fresh: jax.Array  # columns not counted by an earlier block
     slopes: tuple[jax.Array, jax.Array] | None  # the soft cap's d/dz and d/dcap
+
+
+def _varying(tree, *like):
+    """``tree``'s arrays typed as varying over every manual mesh axis that the arrays of
+    ``like`` vary over: inside ``shard_map`` a scan's initial carry must have the type of its
+    body's output. (Only with ``axis_name``: it needs JAX's varying-axis types.)"""
+
+    def axes(a) -> frozenset:
+        kind = getattr(jax.typeof(a), "manual_axis_type", None)
+        return getattr(kind, "varying", frozenset())
+
+    want = frozenset().union(*(axes(a) for a in like if isinstance(a, jax.Array)))
+
+    def cast(a):
+        missing = want - axes(a)
+        return lax.pcast(a, tuple(sorted(missing)), to="varying") if missing else a
+
+    return jax.tree.map(cast, tree) if want else tree
 
 
 def _weight_block(head: _Head, w, b, j):
@@ -234,24 +259,47 @@ def _first_pass(head: _Head, h, w, b, y, live, cap, gather: bool = False):
             jnp.full((n,), -jnp.inf, ct),
             jnp.ones((n,), ct) if head.cap else None,
         )
+    init = (jnp.zeros((n,), ct), acc0)
+    if head.axis is not None:
+        init = _varying(init, h, w, b, y, live, cap)
     (z_y, acc), (m_b, s1_b, spread_b) = lax.scan(
-        body, (jnp.zeros((n,), ct), acc0), jnp.arange(head.n_blocks, dtype=jnp.int32)
+        body, init, jnp.arange(head.n_blocks, dtype=jnp.int32)
     )
-    m = jnp.max(m_b, axis=0, keepdims=True)
     blocks = lax.broadcasted_iota(jnp.int32, m_b.shape, 0)
+    last = head.vocab - (head.n_blocks - 1) * head.block
+    width = jnp.where(blocks == head.n_blocks - 1, last, head.block)
+    m, s1, spread = _combine(head, m_b, s1_b, spread_b, width)
+    if head.axis is not None:
+        # The shards' statistics combine as the blocks' do: [N]-sized gathers, the target
+        # logit from the shard that holds it (the others add an exact 0).
+        m_s, s1_s, spread_s = (
+            lax.all_gather(a, head.axis, to="invarying") for a in (m, s1, spread)
+        )
+        m_loc, (m, s1, spread) = m, _combine(head, m_s, s1_s, spread_s, head.vocab)
+        z_y = lax.psum(jnp.where(y >= 0, z_y, 0.0), head.axis)
+        if acc is not None:
+            # G was summed relative to this shard's max: rescale it to the row's.
+            scale = jnp.where(m_loc == m, 1.0, jnp.exp(m_loc - m))
+            acc = (acc[0] * scale[:, None], *acc[1:])
+    return _Stats(m, s1, z_y, spread), acc
+
+
+def _combine(head: _Head, m_b, s1_b, spread_b, width):
+    """The row's ``(m, S', spread)`` from those of its parts (axis 0: blocks or shards) of
+    ``width`` columns each."""
+    m = jnp.max(m_b, axis=0, keepdims=True)
+    parts = lax.broadcasted_iota(jnp.int32, m_b.shape, 0)
     top = m_b == m
     first = jnp.argmax(top, axis=0, keepdims=True)
     # exp(m_b - m) with m_b = m = ±inf would be NaN; such rows are settled by _token_values.
     below = jnp.where(top, 0.0, m_b - m)
-    terms = jnp.where(blocks == first, s1_b, jnp.exp(below) * (1.0 + s1_b))
+    terms = jnp.where(parts == first, s1_b, jnp.exp(below) * (1.0 + s1_b))
     s1 = row_sum(terms, (0,), FUSED)
     spread = jnp.zeros_like(s1)
     if head.smoothing:
         # sum_k (m - z_k) = sum_b [spread_b + n_b (m - m_b)]: non-negative terms only.
-        last = head.vocab - (head.n_blocks - 1) * head.block
-        width = jnp.where(blocks == head.n_blocks - 1, last, head.block)
         spread = row_sum(spread_b - width * below, (0,), FUSED)
-    return _Stats(m[0], s1, z_y, spread), acc
+    return m[0], s1, spread
 
 
 def _token_values(head: _Head, st: _Stats, live, eps, zl):
@@ -262,7 +310,7 @@ def _token_values(head: _Head, st: _Stats, live, eps, zl):
     lse = st.m + log_norm
     loss = gap + log_norm
     if head.smoothing:
-        loss = (1.0 - eps) * gap + log_norm + (eps / head.vocab) * st.spread
+        loss = (1.0 - eps) * gap + log_norm + (eps / head.classes) * st.spread
     if head.z_loss:
         loss = loss + safe_mul(zl, lse * lse)
     return jnp.where(live, loss, zero), jnp.where(live, lse, zero)
@@ -276,7 +324,7 @@ def _target_slope(head: _Head, st: _Stats, lse, eps, zl):
     p_y = jnp.where(at_top, inv, jnp.exp(st.z_y - st.m) * inv)
     g = jnp.where(at_top, -st.s1 * inv, p_y - 1.0)
     if head.smoothing:
-        g = g + eps * (1.0 - 1.0 / head.vocab)
+        g = g + eps * (1.0 - 1.0 / head.classes)
     if head.z_loss:
         g = g + 2.0 * zl * lse * p_y
     return g
@@ -309,20 +357,24 @@ def _head_ce_jvp(head: _Head, primals, tangents):
     if dh_c is not None:
         # d loss / dh = sum_k g_k s_k W_k, from the first pass's sums: the target's term with
         # its exact -(1 - p_y), the others' scaled by 1 / (1 + S') at the final max.
+        # With the vocabulary split over ``axis`` each shard adds its columns' part (the
+        # target's from the shard that holds it): one [N, D] all-reduce.
         g_acc, f_acc, _, s_y = acc
         s_y = jnp.ones_like(lse) if s_y is None else s_y
-        w_y = (jnp.take(w, y, axis=0) if head.rows else jnp.take(w, y, axis=1).T).astype(ct)
+        at = jnp.maximum(y, 0)
+        w_y = (jnp.take(w, at, axis=0) if head.rows else jnp.take(w, at, axis=1).T).astype(ct)
+        w_y = jnp.where((y >= 0)[:, None], w_y, 0.0)
         c = inv * (1.0 + 2.0 * zl * lse) if head.z_loss else inv
         grad_h = c[:, None] * g_acc + (g_y * s_y)[:, None] * w_y
         if head.smoothing:
             if f_acc is None:
                 f_acc = jnp.sum(w, axis=1 - head.rows, dtype=ct)[None, :] - w_y
-            grad_h = grad_h - (eps / head.vocab) * f_acc
-        t_loss = t_loss + jnp.sum(grad_h * dh_c, axis=1) * live_c
+            grad_h = grad_h - (eps / head.classes) * f_acc
+        t_loss = t_loss + jnp.sum(head.psum(grad_h) * dh_c, axis=1) * live_c
         if head.lse_tangent:
             p_y = jnp.where(st.z_y == st.m, inv, jnp.exp(st.z_y - st.m) * inv)
             grad_lse = inv[:, None] * g_acc + (p_y * s_y)[:, None] * w_y
-            t_lse = t_lse + jnp.sum(grad_lse * dh_c, axis=1) * live_c
+            t_lse = t_lse + jnp.sum(head.psum(grad_lse) * dh_c, axis=1) * live_c
 
     def tangent(blk: _Block, grad, hi, dwj, dbj):
         """``sum_k grad_k · dz_k`` per token of one block, ``dz`` the logits' tangent from
@@ -346,7 +398,7 @@ def _head_ce_jvp(head: _Head, primals, tangents):
         p = jnp.where(blk.fresh, jnp.exp(blk.z - m_i[:, None]), 0.0) * inv_i[:, None]
         g = p * (1.0 + 2.0 * zl * lse_i)[:, None] if head.z_loss else p
         if head.smoothing:
-            g = jnp.where(blk.fresh, g - eps / head.vocab, 0.0)
+            g = jnp.where(blk.fresh, g - eps / head.classes, 0.0)
         g = jnp.where((blk.cols == yi[:, None]) & blk.fresh, g_y_i[:, None], g)
         g = g * live_i[:, None]
         t_loss = tangent(blk, g, hi, dwj, dbj)
@@ -370,12 +422,14 @@ def _head_ce_jvp(head: _Head, primals, tangents):
 
     if use_w or use_b or use_cap:
         body = jax.checkpoint(body, prevent_cse=False)
-        (t_loss, t_lse), _ = lax.scan(
-            body, (t_loss, t_lse), jnp.arange(head.n_blocks, dtype=jnp.int32)
-        )
+        zeros = (jnp.zeros_like(t_loss), jnp.zeros_like(t_lse))
+        if head.axis is not None:
+            zeros = _varying(zeros, h, w, b, y, live, cap, dw, db, dcap)
+        (s_loss, s_lse), _ = lax.scan(body, zeros, jnp.arange(head.n_blocks, dtype=jnp.int32))
+        t_loss, t_lse = t_loss + head.psum(s_loss), t_lse + head.psum(s_lse)
     if not isinstance(deps, SymbolicZero) and head.smoothing:
         gap = jnp.where(st.z_y == st.m, 0.0, st.m - st.z_y)
-        t_loss = t_loss + live_c * (st.spread / head.vocab - gap) * deps
+        t_loss = t_loss + live_c * (st.spread / head.classes - gap) * deps
     if not isinstance(dzl, SymbolicZero) and head.z_loss:
         t_loss = t_loss + live_c * lse * lse * dzl
     return (loss, lse), (t_loss, t_lse)
@@ -426,6 +480,7 @@ def linear_cross_entropy(
     return_lse: bool = False,
     block_size: int | tuple[int, int] | None = None,
     weight_layout: str = "dv",
+    axis_name: str | tuple[str, ...] | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Softmax cross-entropy of the logits ``hidden @ weight (+ bias)``, never materialized.
 
@@ -475,6 +530,20 @@ def linear_cross_entropy(
         tied embedding ``[V, D]`` itself with ``"vd"``, not ``embedding.T``: XLA keeps a
         loop's operands in their default layout, so under ``jit`` ``embedding.T`` is copied
         into a ``[D, V]`` array (and its gradient copied back), two weight-sized buffers.
+      axis_name: inside ``jax.shard_map``, the mesh axis the vocabulary is split over:
+        ``weight`` (and ``bias``) are this device's contiguous slice of the vocabulary, in
+        mesh-axis order, ``hidden`` and ``labels`` the same on every device of the axis, and
+        ``labels`` index the whole vocabulary. Each device computes its slice's row
+        statistics; they are combined with ``[tokens]``-sized collectives (the shard's max
+        and ``S'`` gathered, combined as blocks are, the target logit from the shard that
+        holds it), so tiny losses keep their digits across shards. The loss is the same on
+        every device of the axis; the hidden state's gradient is all-reduced over it and the
+        weight's stays sharded. Forward mode works too. Needs a JAX with varying-axis types
+        in ``shard_map`` (``lax.pcast``; tested with 0.10). Under explicit sharding
+        (``jax.sharding.AxisType.Explicit`` meshes, ``jax.set_mesh``) a ``weight`` whose
+        vocabulary dimension is sharded is handled so without ``axis_name``: the call wraps
+        itself in ``shard_map`` over those axes. Under plain ``jit`` with ``NamedSharding``
+        inputs the sharding is not visible at trace time and XLA gathers the weight.
 
     Returns:
       The loss (float32, or float64 under x64 for float64 inputs); with ``return_lse``, the
@@ -520,6 +589,29 @@ def linear_cross_entropy(
     dim, vocab = h.shape[-1], w.shape[1 - d_axis]
     if vocab < 1:
         raise ValueError("`weight` has no columns: the vocabulary is empty.")
+    shards = 1
+    if axis_name is not None:
+        try:
+            shards = lax.axis_size(axis_name)
+        except NameError:
+            raise ValueError(
+                f"`axis_name` {axis_name!r} is not a mapped axis here: pass it inside "
+                "`jax.shard_map`, where `weight` is the device's slice of the vocabulary."
+            ) from None
+    elif (axes := _vocab_axes(h, w, rows)) is not None:
+        # Explicit sharding with the vocabulary split: the same call, vocabulary-parallel.
+        options = {
+            "bias": bias,
+            "ignore_index": ignore_index,
+            "weights": weights,
+            "label_smoothing": label_smoothing,
+            "z_loss": z_loss,
+            "logit_soft_cap": logit_soft_cap,
+            "return_lse": return_lse,
+            "block_size": block_size,
+            "weight_layout": weight_layout,
+        }
+        return _vocab_parallel(axes, h, w, y, reduction, options)
     dtype = jnp.result_type(h.dtype, w.dtype)
     h, w = h.astype(dtype), w.astype(dtype)
     out_dtype = compute_dtype(dtype)
@@ -527,7 +619,10 @@ def linear_cross_entropy(
     if bias is not None:
         b = _float_input("bias", bias)
         if tuple(b.shape) != (vocab,):
-            raise ValueError(f"`bias` has shape {tuple(b.shape)}; expected ({vocab},).")
+            raise ValueError(
+                f"`bias` has shape {tuple(b.shape)}; expected ({vocab},), one per column of "
+                "`weight`."
+            )
     wt = None
     if weights is not None:
         wt = _float_input("weights", weights).astype(out_dtype)
@@ -546,7 +641,7 @@ def linear_cross_entropy(
             )
         ignored = y == ignore_index
         y = jnp.where(ignored, jnp.zeros((), y.dtype), y)
-    check_class_indices("labels", y, vocab)
+    check_class_indices("labels", y, vocab * shards)
     if not isinstance(return_lse, bool):
         raise TypeError(f"`return_lse` must be a bool; got {return_lse!r}.")
     eps = (
@@ -573,6 +668,8 @@ def linear_cross_entropy(
         return_lse,
         rows,
         tokens,
+        vocab * shards,
+        axis_name,
     )
     return _linear_ce(
         head,
@@ -591,6 +688,73 @@ def linear_cross_entropy(
     )
 
 
+def _vocab_axes(h: jax.Array, w: jax.Array, rows: bool) -> tuple[str, ...] | None:
+    """The mesh axes ``w``'s vocabulary dimension is split over under explicit sharding,
+    when ``h``'s feature dimension is not split and its token dimensions avoid those axes
+    (every device of the vocabulary axes then holds the same tokens); else None."""
+    try:
+        w_sharding, h_sharding = jax.typeof(w).sharding, jax.typeof(h).sharding
+    except AttributeError:  # a JAX without sharding in types
+        return None
+    w_spec, h_spec = _spec(w_sharding, 2), _spec(h_sharding, h.ndim)
+    if w_spec is None or h_spec is None:
+        return None
+    entry = w_spec[0 if rows else 1]
+    axes = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+    if not axes or w_spec[1 if rows else 0] is not None or h_spec[-1] is not None:
+        return None
+    used = {a for e in h_spec[:-1] if e is not None for a in (e if isinstance(e, tuple) else (e,))}
+    mesh = w_sharding.mesh
+    kinds = dict(zip(mesh.axis_names, getattr(mesh, "axis_types", ()), strict=False))
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    if used & set(axes) or any(kinds.get(a) != explicit for a in axes):
+        return None
+    return tuple(axes)
+
+
+def _spec(sharding, ndim: int):
+    """A sharding-in-types ``PartitionSpec`` as a tuple of ``ndim`` entries, or None."""
+    spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+    if spec is None or mesh is None or not getattr(mesh, "axis_names", ()):
+        return None
+    entries = tuple(spec)
+    return entries + (None,) * (ndim - len(entries))
+
+
+def _vocab_parallel(axes, h, w, y, reduction, options):
+    """``linear_cross_entropy`` per token inside ``jax.shard_map`` over the vocabulary's mesh
+    axes (``axis_name``), then weighted and reduced outside it by the partitioner."""
+    mesh = jax.typeof(w).sharding.mesh
+    tokens = P(*_spec(jax.typeof(h).sharding, h.ndim)[:-1])
+    vocab = axes if len(axes) > 1 else axes[0]
+    rows = options["weight_layout"] == "vd"
+    named = {"hidden": h, "weight": w, "labels": y}
+    specs = {"hidden": P(*tokens, None), "weight": P(vocab, None) if rows else P(None, vocab)}
+    specs["labels"] = tokens
+    for name, spec in (("bias", P(vocab)), ("weights", tokens)):
+        if options[name] is not None:
+            named[name], specs[name] = jnp.asarray(options[name]), spec
+    static = {k: v for k, v in options.items() if k not in named}
+    # labels, weights and bias placed as the tokens and the vocabulary are (a slice each).
+    for name in ("labels", "bias", "weights"):
+        if name in named:
+            named[name] = jax.sharding.reshard(named[name], specs[name])
+
+    def local(arrays):
+        return linear_cross_entropy(**arrays, **static, reduction="none", axis_name=vocab)
+
+    out_specs = (tokens, tokens) if options["return_lse"] else tokens
+    out = jax.shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=out_specs)(named)
+    loss, lse = out if options["return_lse"] else (out, None)
+    if reduction == "none":
+        return out
+    index = options["ignore_index"]
+    ignored = None if index is None else y == index
+    wt = named.get("weights")
+    loss = _reduce_tokens(loss, lse, reduction, False, ignored, wt, loss.shape, applied=True)
+    return (loss, lse) if options["return_lse"] else loss
+
+
 def _float_input(name: str, x: ArrayLike) -> jax.Array:
     arr = jnp.asarray(x)
     if not jnp.issubdtype(arr.dtype, jnp.floating):
@@ -604,27 +768,39 @@ def _float_input(name: str, x: ArrayLike) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 12))
 def _linear_ce(head, reduction, return_lse, h, w, b, y, ignored, wt, eps, zl, cap, shape):
     ct = compute_dtype(h.dtype)
-    valid = (y >= 0) & (y < head.vocab)
+    valid = (y >= 0) & (y < head.classes)
     live = valid if ignored is None else valid & ~ignored
+    if head.axis is None:
+        y = jnp.clip(y, 0, head.vocab - 1)
+    else:
+        # This shard's column of the target, -1 where another shard holds it.
+        y = y - lax.axis_index(head.axis) * head.vocab
+        y = jnp.where(valid & (y >= 0) & (y < head.vocab), y, -1)
     zero = jnp.zeros((), ct)
     loss, lse = _head_ce(
         head,
         h,
         w,
         b,
-        jnp.clip(y, 0, head.vocab - 1),
+        y,
         live,
         zero if eps is None else eps,
         zero if zl is None else zl,
         cap,
     )
     loss = jnp.where(valid, loss, jnp.nan)
-    if wt is not None:
+    return _reduce_tokens(loss, lse, reduction, return_lse, ignored, wt, shape)
+
+
+def _reduce_tokens(loss, lse, reduction, return_lse, ignored, wt, shape, applied=False):
+    """The per-token losses weighted (unless ``applied`` already) and reduced; ``lse`` per
+    token (``shape``)."""
+    if wt is not None and not applied:
         loss = safe_mul(nan_where(negative(wt), wt), loss)
     if reduction == "sum":
         loss = jnp.sum(loss)
     elif reduction == "mean":
-        kept = jnp.ones_like(loss) if ignored is None else (~ignored).astype(ct)
+        kept = jnp.ones_like(loss) if ignored is None else (~ignored).astype(loss.dtype)
         den = jnp.sum(kept if wt is None else kept * wt)
         loss = jnp.where(den > 0, jnp.sum(loss) / jnp.where(den > 0, den, 1.0), 0.0)
     else:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 __all__ = [
     "FUSED",
     "STAGED",
+    "STAGED_CHUNKED",
     "Pair",
     "Reduction",
     "RowStats",
@@ -75,6 +76,13 @@ class Reduction:
     #: whether :meth:`RowStats.probabilities` scales the stored ``exp(x - m)`` in place
     #: instead of recomputing it
     reuse_exp: bool = False
+    #: the row is first cut into this many contiguous chunks (fewer: the largest power of two
+    #: dividing its length), each staged on its own. Strided stages of a whole row mix the
+    #: shards of a sharded class axis (GSPMD gathers them); within chunks, a class axis sharded
+    #: over up to this many devices stays local until a ``[rows, chunks]`` combine
+    chunks: int = 1
+    #: chunks are halved until each is at least this long
+    min_chunk: int = 512
 
     def first_lanes(self, n_arrays: int, bare_exp: bool) -> int:
         if bare_exp:
@@ -86,24 +94,32 @@ class Reduction:
 FUSED = Reduction()
 #: XLA:CPU: strided stages (see ``benchmarks/README.md`` for the measurements).
 STAGED = Reduction(stages=3, separate_mass=True, reuse_exp=True)
+#: XLA:CPU with several devices: the stages within up to 64 contiguous chunks of the row, so
+#: that a sharded class axis partitions (5–20 % slower on one device: not the default there).
+STAGED_CHUNKED = dataclasses.replace(STAGED, chunks=64)
 # 16-bit logits: their conversion to float32 in the producer stops a 16-lane first stage from
 # vectorizing.
 _STAGED_16BIT = dataclasses.replace(STAGED, exp_lanes=8)
+_STAGED_16BIT_CHUNKED = dataclasses.replace(STAGED_CHUNKED, exp_lanes=8)
 
 
 def reduction_for(x: jax.Array, dtype: jnp.dtype | None = None) -> Reduction:
     """The strategy for logits ``x`` (given in ``dtype``, default ``x.dtype``).
 
     From the platform ``x`` lives on when it is a concrete array, else (traced under ``jit``)
-    from the default backend, where jit places the computation.
+    from the default backend, where jit places the computation. On CPU, rows are staged in
+    contiguous chunks when ``x`` spans several devices, or when traced and the backend has
+    several (its sharding is not known at trace time).
     """
     if isinstance(x, jax.core.Tracer):
-        platform = jax.default_backend()
+        platform, devices = jax.default_backend(), jax.device_count()
     else:
-        platform = next(iter(x.devices())).platform
+        platform, devices = next(iter(x.devices())).platform, len(x.devices())
     if platform != "cpu":
         return FUSED
-    return _STAGED_16BIT if jnp.dtype(dtype or x.dtype).itemsize < 4 else STAGED
+    if jnp.dtype(dtype or x.dtype).itemsize < 4:
+        return _STAGED_16BIT_CHUNKED if devices > 1 else _STAGED_16BIT
+    return STAGED_CHUNKED if devices > 1 else STAGED
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,8 +215,18 @@ def _sums(
         return a.reshape((*a.shape[:n_lead], math.prod(a.shape[n_lead:])))
 
     flags = plain_first + (False,) * (len(arrays) - len(plain_first))
-    pairs = tuple(Pair(f, jnp.zeros_like(f)) for f in map(flatten, arrays))
-    lead = pairs[0].s.shape[:n_lead]
+    flat = tuple(map(flatten, arrays))
+    n = flat[0].shape[-1]
+    # Contiguous chunks first: GSPMD maps a sharded class axis onto the chunk axis, so the
+    # stages stay local to a device. (One reduction over the row partitions by itself.)
+    chunks = math.gcd(n, reduction.chunks)
+    while chunks > 1 and n // chunks < reduction.min_chunk:
+        chunks //= 2
+    if chunks > 1:
+        flat = tuple(f.reshape((*f.shape[:-1], chunks, n // chunks)) for f in flat)
+    n_chunk_lead = n_lead + (chunks > 1)
+    pairs = tuple(Pair(f, jnp.zeros_like(f)) for f in flat)
+    lead = pairs[0].s.shape[:n_chunk_lead]
     preferred = reduction.first_lanes(len(arrays), bare_exp)
     for stage in range(reduction.stages):
         n = pairs[0].s.shape[-1]
@@ -210,7 +236,7 @@ def _sums(
         preferred = reduction.later_lanes
         pad = (-n) % width
         shape = (*lead, width, (n + pad) // width)
-        widths = [(0, 0)] * n_lead + [(0, pad)]
+        widths = [(0, 0)] * n_chunk_lead + [(0, pad)]
 
         def restage(a: jax.Array) -> jax.Array:
             return (jnp.pad(a, widths) if pad else a).reshape(shape)  # noqa: B023
@@ -219,8 +245,10 @@ def _sums(
             restage(p.s) if plain and stage == 0 else Pair(restage(p.s), restage(p.c))
             for p, plain in zip(pairs, flags, strict=True)
         )
-        pairs = _reduce(staged, n_lead)
-    pairs = _reduce(pairs, n_lead)
+        pairs = _reduce(staged, n_chunk_lead)
+    pairs = _reduce(pairs, n_chunk_lead)
+    if chunks > 1:
+        pairs = _reduce(pairs, n_lead)
     return tuple(Pair(jnp.expand_dims(p.s, axes), jnp.expand_dims(p.c, axes)) for p in pairs)
 
 

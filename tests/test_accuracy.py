@@ -281,7 +281,7 @@ def test_sigmoid_binary_cross_entropy_accuracy(dtype, x64):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["STAGED", "FUSED"])
+@pytest.mark.parametrize("strategy", ["STAGED", "STAGED_CHUNKED", "FUSED"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(1, 1000), (3, 1000), (64, 1000), (1, 10_000), (3, 300)])
 def test_row_sum_is_correctly_rounded_on_many_equal_terms(shape, dtype, strategy, x64):

@@ -410,9 +410,10 @@ def test_block_size_gives_token_chunks_that_divide_the_tokens(n, block, want):
     assert jaxce._linear._blocks(n, 1000, block) == want
 
 
-def test_bfloat16_inputs():
+@pytest.mark.parametrize(("dtype", "ulp"), [("bfloat16", 2.0**-8), ("float16", 2.0**-11)])
+def test_16_bit_inputs(dtype, ulp):
     h, w, b, y = draw(11, 16, 700, seed=14)
-    hb, wb, bb = (a.astype(jnp.bfloat16) for a in (h, w, b))
+    hb, wb, bb = (a.astype(dtype) for a in (h, w, b))
     value, grads = jax.value_and_grad(
         lambda h, w, b: jaxce.linear_cross_entropy(
             h, w, y, bias=b, block_size=128, z_loss=1e-3, label_smoothing=0.1
@@ -420,17 +421,17 @@ def test_bfloat16_inputs():
         (0, 1, 2),
     )(hb, wb, bb)
     assert value.dtype == jnp.float32
-    assert [g.dtype for g in grads] == [jnp.bfloat16] * 3
+    assert [g.dtype for g in grads] == [jnp.dtype(dtype)] * 3
     with jax.enable_x64(True):
         up = [a.astype(jnp.float64) for a in (hb, wb, bb)]
         r = reference(*up, y, z_loss=1e-3, label_smoothing=0.1)
         rg = jax.grad(
             lambda h, w, b: reference(h, w, b, y, z_loss=1e-3, label_smoothing=0.1), (0, 1, 2)
         )(*up)
-    # logits of bf16 inputs are products accumulated in float32: float32-level agreement
+    # logits of 16-bit inputs are products accumulated in float32: float32-level agreement
     close(value, r, rtol=1e-5)
     for g, c in zip(grads, rg, strict=True):
-        close(g.astype(jnp.float32), c, rtol=0, atol=2 * 2.0**-8)
+        close(g.astype(jnp.float32), c, rtol=0, atol=2 * ulp)
     fwd = jax.jvp(
         lambda h: jaxce.linear_cross_entropy(h, wb, y, block_size=128), (hb,), (jnp.ones_like(hb),)
     )[1]
@@ -471,6 +472,7 @@ def test_bad_labels_raise_eagerly_and_are_nan_under_jit():
         ({"logit_soft_cap": 0.0}, ValueError, "logit_soft_cap"),
         ({"ignore_index": 1.5}, TypeError, "ignore_index"),
         ({"return_lse": 1}, TypeError, "return_lse"),
+        ({"axis_name": "model"}, ValueError, "axis_name"),  # not inside shard_map
     ],
 )
 def test_clear_errors(kwargs, error, match):

@@ -12,9 +12,18 @@ import pytest
 
 import jaxce
 from jaxce import _rows
-from jaxce._rows import FUSED, STAGED, Pair, pair_total, row_stats, row_sum, row_sums
+from jaxce._rows import (
+    FUSED,
+    STAGED,
+    STAGED_CHUNKED,
+    Pair,
+    pair_total,
+    row_stats,
+    row_sum,
+    row_sums,
+)
 
-STRATEGIES = {"STAGED": STAGED, "FUSED": FUSED}
+STRATEGIES = {"STAGED": STAGED, "STAGED_CHUNKED": STAGED_CHUNKED, "FUSED": FUSED}
 
 # --------------------------------------------------------------------------------------------
 # Compensated sums
@@ -54,9 +63,10 @@ def test_staged_sums_reduce_every_array_in_one_reduction_per_stage():
     assert reductions(FUSED) == 1
 
 
+@pytest.mark.parametrize("chunks", [1, 64])
 @pytest.mark.parametrize("lanes", [4, 8])
 @pytest.mark.parametrize("v", [1000, 32768, 262144])
-def test_plain_first_stage_on_non_negative_terms(v, lanes):
+def test_plain_first_stage_on_non_negative_terms(v, lanes, chunks):
     """A flagged array of non-negative terms adds its first-stage lanes plainly, then
     compensates: the sum is still within 3 roundings of exact (float64 fsum), for smoothed
     labels (many equal small terms, the case that put a plain sum 5 ulps off) and for skewed
@@ -69,7 +79,7 @@ def test_plain_first_stage_on_non_negative_terms(v, lanes):
     a = jnp.asarray(np.concatenate([smoothed, skewed]))
     b = jnp.asarray(rng.normal(size=a.shape).astype(np.float32))
 
-    reduction = dataclasses.replace(STAGED, lanes=lanes)
+    reduction = dataclasses.replace(STAGED, lanes=lanes, chunks=chunks)
 
     def sums(flags):
         return jax.jit(lambda a, b: row_sums((a, b), (1,), reduction, flags))
@@ -103,7 +113,7 @@ def test_padded_stage_sums_are_exact_on_a_prime_length():
 def test_row_sums_over_several_and_leading_axes():
     """Class axes anywhere (here the first and last of three): the sum over them, dims kept."""
     x = jnp.asarray(np.random.default_rng(2).normal(size=(5, 3, 40)).astype(np.float32))
-    for reduction in (STAGED, FUSED):
+    for reduction in (STAGED, STAGED_CHUNKED, FUSED):
         (p,) = row_sums((x,), (0, 2), reduction)
         assert p.s.shape == (1, 3, 1)
         exact = np.asarray(x, np.float64).sum(axis=(0, 2), keepdims=True)
@@ -122,7 +132,7 @@ def test_row_sums_derivative_is_the_sum_of_tangents():
     """Forward and reverse mode through the custom rule: the tangent of the sum is the sum of
     the tangents (``c`` has none), to second order."""
     x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 100)).astype(np.float32))
-    for reduction in (STAGED, FUSED):
+    for reduction in (STAGED, STAGED_CHUNKED, FUSED):
 
         def f(a, reduction=reduction):
             return jnp.sum(row_sum(a * a, (1,), reduction))
