@@ -20,6 +20,13 @@ propagated by XLA), and:
 A collective is *row-sized* when its result has at most ``rows x model`` elements (a row
 statistic per row and shard, or fewer); the ``largest`` column says how big the biggest one is,
 so an all-gather of ``[rows, classes / k]`` partial sums stands out.
+
+``--linear`` measures ``linear_cross_entropy`` with its weight split along the vocabulary over
+the ``model`` axis instead: called with ``axis_name`` inside ``jax.shard_map``
+(``shard_map``), as the plain call on an explicit-sharding mesh (``explicit``), or as the plain
+call on an auto mesh with ``NamedSharding`` inputs (``jit``); value, gradients and forward mode
+against one device, a confident token's tiny loss, collectives (with their device groups) and
+per-device temp memory.
 """
 
 from __future__ import annotations
