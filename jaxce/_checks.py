@@ -29,14 +29,20 @@ def _describe(x: jax.Array) -> str:
     return f"dtype {x.dtype}, shape {tuple(x.shape)}"
 
 
-def float_array(name: str, x: ArrayLike) -> jax.Array:
-    """``x`` as an array in its compute dtype; a ``TypeError`` unless it is floating point."""
+def floating_input(name: str, x: ArrayLike) -> jax.Array:
+    """``x`` as an array in its own dtype; a ``TypeError`` unless it is floating point."""
     arr = jnp.asarray(x)
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         raise TypeError(
             f"`{name}` must be a floating-point array (float16, bfloat16, float32 or float64); "
             f"got {_describe(arr)}. Cast it, e.g. `{name}.astype(jnp.float32)`."
         )
+    return arr
+
+
+def float_array(name: str, x: ArrayLike) -> jax.Array:
+    """``x`` as an array in its compute dtype; a ``TypeError`` unless it is floating point."""
+    arr = floating_input(name, x)
     return arr.astype(compute_dtype(arr.dtype))
 
 
@@ -50,6 +56,20 @@ def integer_array(name: str, x: ArrayLike) -> jax.Array:
             f"for float-typed indices cast with `{name}.astype(jnp.int32)`."
         )
     return arr
+
+
+def ignored_labels(ignore_index: object, y: jax.Array) -> tuple[jax.Array | None, jax.Array]:
+    """``(ignored, y)``: where ``y == ignore_index`` (None without one), and ``y`` with label 0
+    there (exempt from the range check); a ``TypeError`` unless ``ignore_index`` is an int."""
+    if ignore_index is None:
+        return None, y
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(
+            f"`ignore_index` must be an int or None; got {ignore_index!r} "
+            f"(type {type(ignore_index).__name__})."
+        )
+    ignored = y == ignore_index
+    return ignored, jnp.where(ignored, jnp.zeros((), y.dtype), y)
 
 
 def canonical_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]:

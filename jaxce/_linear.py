@@ -42,7 +42,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jaxce._checks import compute_dtype, integer_array
+from jaxce._checks import compute_dtype, floating_input, ignored_labels, integer_array
 from jaxce._options import NONNEGATIVE, POSITIVE, UNIT, is_off, scalar_option
 from jaxce._primitives import safe_mul
 from jaxce._rows import FUSED, Reduction, pair_total, reduction_for, row_max, row_stats, row_sum
@@ -563,8 +563,8 @@ def linear_cross_entropy(
     >>> float(jaxce.softmax_cross_entropy_with_integer_labels(h @ w, jnp.array([0, 2])).mean())
     0.83996
     """
-    h = _float_input("hidden", hidden)
-    w = _float_input("weight", weight)
+    h = floating_input("hidden", hidden)
+    w = floating_input("weight", weight)
     y = integer_array("labels", labels)
     if h.ndim < 1:
         raise ValueError("`hidden` must have shape [..., D]; got a scalar.")
@@ -617,7 +617,7 @@ def linear_cross_entropy(
     out_dtype = compute_dtype(dtype)
     b = None
     if bias is not None:
-        b = _float_input("bias", bias)
+        b = floating_input("bias", bias)
         if tuple(b.shape) != (vocab,):
             raise ValueError(
                 f"`bias` has shape {tuple(b.shape)}; expected ({vocab},), one per column of "
@@ -625,22 +625,14 @@ def linear_cross_entropy(
             )
     wt = None
     if weights is not None:
-        wt = _float_input("weights", weights).astype(out_dtype)
+        wt = floating_input("weights", weights).astype(out_dtype)
         if tuple(wt.shape) != token_shape:
             raise ValueError(
                 f"`weights` has shape {tuple(wt.shape)}; expected {token_shape} (one weight "
                 f"per token, `labels`' shape)."
             )
         check_nonnegative("weights", wt)
-    ignored = None
-    if ignore_index is not None:
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-            raise TypeError(
-                f"`ignore_index` must be an int or None; got {ignore_index!r} "
-                f"(type {type(ignore_index).__name__})."
-            )
-        ignored = y == ignore_index
-        y = jnp.where(ignored, jnp.zeros((), y.dtype), y)
+    ignored, y = ignored_labels(ignore_index, y)
     check_class_indices("labels", y, vocab * shards)
     if not isinstance(return_lse, bool):
         raise TypeError(f"`return_lse` must be a bool; got {return_lse!r}.")
@@ -753,16 +745,6 @@ def _vocab_parallel(axes, h, w, y, reduction, options):
     wt = named.get("weights")
     loss = _reduce_tokens(loss, lse, reduction, False, ignored, wt, loss.shape, applied=True)
     return (loss, lse) if options["return_lse"] else loss
-
-
-def _float_input(name: str, x: ArrayLike) -> jax.Array:
-    arr = jnp.asarray(x)
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise TypeError(
-            f"`{name}` must be a floating-point array; got dtype {arr.dtype}, shape "
-            f"{tuple(arr.shape)}."
-        )
-    return arr
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 12))

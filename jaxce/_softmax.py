@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
@@ -24,6 +23,7 @@ from jaxce._checks import (
     class_weights,
     classes_last,
     float_array,
+    ignored_labels,
     integer_array,
     mask_array,
     same_rank_broadcast,
@@ -362,18 +362,11 @@ def softmax_cross_entropy_with_integer_labels(
             f"example)."
         )
     mask = mask_array(where, tuple(x.shape), axes)
-    ignored = None
-    if ignore_index is not None:
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-            raise TypeError(
-                f"`ignore_index` must be an int or None; got {ignore_index!r} "
-                f"(type {type(ignore_index).__name__})."
-            )
-        ignored = y == ignore_index
+    ignored, y = ignored_labels(ignore_index, y)
+    if ignored is not None:
         # Double where: an ignored example gets label 0 and zero logits before anything is
         # computed, so neither a NaN nor an inf of its own reaches its (zero) value or gradient,
         # and it is exempt from the range check.
-        y = jnp.where(ignored, jnp.zeros((), y.dtype), y)
         x = jnp.where(jnp.expand_dims(ignored, axes), jnp.zeros((), x.dtype), x)
     check_class_indices("labels", y, math.prod(x.shape[a] for a in axes))
     opts = _options(x, axes, weights, label_smoothing, z_loss)
