@@ -43,3 +43,40 @@ def test_every_python_block_runs():
     for block in blocks[1:]:
         with jax.numpy_rank_promotion("allow"):
             exec(compile(block, "README.md", "exec"), {})
+
+
+def _relative_links(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [
+        ln for ln in links if not re.match(r"[a-z][a-z0-9+.-]*:", ln) and not ln.startswith("#")
+    ]
+
+
+def test_every_relative_link_resolves():
+    """README -> docs -> notebooks -> examples without a dead link: each relative link of the
+    README and the docs pages names a file or folder of the repository."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    checked = 0
+    for page in pages:
+        for link in _relative_links(page):
+            target = (page.parent / link.split("#", 1)[0]).resolve()
+            assert target.exists(), f"{page.relative_to(ROOT)} links to {link}: no such file"
+            assert ROOT in target.parents or target == ROOT, f"{link} leaves the repository"
+            checked += 1
+    assert checked >= 3
+
+
+def test_examples_run_in_ci_and_flax_stays_an_extra():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("flax") for d in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("flax") for d in extras["examples"])
+    scripts = sorted((ROOT / "examples").glob("*.py"))
+    assert len(scripts) >= 2
+    assert any("nnx" in s.read_text() for s in scripts)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install --quiet ".[examples]"' in ci
+    assert "examples/*.py" in ci
