@@ -621,16 +621,16 @@ def jensen_shannon_divergence(
     :math:`\kappa = \sum_j |a_j\,\partial_{a_j}\mathrm{JS}| + \sum_j |b_j\,\partial_{b_j}
     \mathrm{JS}|`.
 
-    =========================================  ===========  ==================================
-    case                                       value        gradient
-    =========================================  ===========  ==================================
-    action masked in both (``-inf`` or         term 0       0 on that action
+    =========================================  ==============  ==================================
+    case                                       value           gradient
+    =========================================  ==============  ==================================
+    action masked in both (``-inf`` or         term 0          0 on that action
     ``where=False``)
-    action ``-inf`` in one only                finite       finite; 0 wrt the ``-inf`` logit
+    action ``-inf`` in one only                finite          finite; 0 wrt the ``-inf`` logit
     disjoint supports                          :math:`\log 2`  0
-    all masked                                 0            0
-    NaN logit (unmasked)                       NaN          NaN
-    =========================================  ===========  ==================================
+    all masked                                 0               0
+    NaN logit (unmasked)                       NaN             NaN
+    =========================================  ==============  ==================================
 
     Args:
       p_logits: logits of ``P``, ``[..., num_classes]``.

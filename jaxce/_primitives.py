@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxce._checks import Axis, canonical_axes, compute_dtype, mask_array
-from jaxce._rows import Reduction, reduction_for, row_stats
+from jaxce._rows import Reduction, RowStats, reduction_for, row_stats
 
 __all__ = [
     "log_sigmoid",
@@ -274,11 +274,25 @@ def _log_softmax(
     return row_stats(x, where, axes, reduction)[0].log_p
 
 
+def _log_softmax_tangent(stats: RowStats, x_dot: jax.Array) -> jax.Array:
+    """``x_dot - <p, x_dot>``, with a single arg-max's ``(1 - p_j) x_dot_j`` formed from ``S'``
+    rather than by cancellation, so that under ``jax.grad`` a confident class's cotangent
+    ``-(1 - p_y)`` keeps its digits (as the fused cross-entropy's does)."""
+    axes, p = stats.axes, stats.p
+    plain = x_dot - jnp.sum(p * x_dot, axis=axes, keepdims=True)
+    # A tied maximum has p <= 1/2 and no cancellation: those rows keep the plain rule.
+    single = stats.top & (stats.n_top == 1)
+    zero = jnp.zeros((), x_dot.dtype)
+    rest = jnp.sum(jnp.where(single, zero, p * x_dot), axis=axes, keepdims=True)
+    at_top = stats.s1 / (1.0 + stats.s1) * x_dot - rest
+    return jnp.where(single, at_top, plain)
+
+
 @_log_softmax.defjvp
 def _log_softmax_jvp(axes, reduction, primals, tangents):
     (x, where), (x_dot, _) = primals, tangents
     stats, _ = row_stats(x, where, axes, reduction)
-    t = x_dot - jnp.sum(stats.p * x_dot, axis=axes, keepdims=True)
+    t = _log_softmax_tangent(stats, x_dot)
     # An empty row is constant -inf: derivative 0, not the identity (NaN rows stay NaN).
     t = jnp.where(stats.m == -jnp.inf, jnp.zeros((), t.dtype), t)
     if where is not None:

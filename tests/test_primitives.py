@@ -118,6 +118,48 @@ def test_log_softmax_keeps_tiny_log_probability():
     np.testing.assert_allclose(float(jaxce.log_softmax(x)[0]), exact, rtol=2e-7)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("gap", [5.0, 17.0, 30.0, 80.0])
+def test_nll_of_log_softmax_gradient_keeps_its_digits(gap, dtype):
+    """``-log_softmax(x)[y]`` under ``jax.grad``: the label's cotangent is ``-(1 - p_y)``, tiny
+    for a confident prediction; ``x_dot - <p, x_dot>`` rounds it to 0 from a gap of ~17 in
+    float32, as the fused loss does not."""
+    import mpmath
+
+    x = jnp.array([gap, 0.0, -3.0, -jnp.inf]).astype(dtype)
+    xs = [mpmath.mpf(float(v)) for v in np.asarray(x, np.float64)]
+    with mpmath.workdps(40):
+        e = [mpmath.exp(v) for v in xs]
+        p = [v / sum(e) for v in e]
+        q0 = sum(e[1:]) / sum(e)  # 1 - p_0 without cancellation
+        nll = [-q0, *p[1:]]
+    # The gradient is computed in float32 and rounded once to the input dtype.
+    u = 2.0**-24 if dtype == jnp.float32 else 2.0**-8
+    got = np.asarray(jax.grad(lambda a: -jaxce.log_softmax(a)[0])(x), np.float64)
+    want = np.array([float(v) for v in nll])
+    np.testing.assert_array_less(np.abs(got - want), 8 * u * np.abs(want) + 1e-45)
+    fused = jax.grad(lambda a: jaxce.softmax_cross_entropy_with_integer_labels(a, 0))(x)
+    composed = jax.grad(lambda a: -jaxce.log_softmax(a)[0])(x)
+    np.testing.assert_allclose(
+        np.asarray(composed, np.float64), np.asarray(fused, np.float64), rtol=16 * u
+    )
+
+
+def test_log_softmax_vjp_matches_jax_nn_on_ordinary_rows():
+    """The rearranged rule is still ``g - p * sum(g)``: any cotangent, ties and masks."""
+    x = jax.random.normal(jax.random.key(0), (6, 7)) * 3
+    x = x.at[1, 2].set(x[1, 5]).at[2].set(1.0).at[3, 0].set(-jnp.inf)
+    where = jnp.ones_like(x, bool).at[4, 1:3].set(False)
+    g = jax.random.normal(jax.random.key(1), x.shape)
+    for fn, ref in ((jaxce.log_softmax, jax.nn.log_softmax), (jaxce.softmax, jax.nn.softmax)):
+        for mask in (None, where):
+            ours = jax.vjp(lambda a, f=fn, m=mask: f(a, where=m), x)[1](g)[0]
+            theirs = jax.vjp(lambda a, f=ref, m=mask: f(a, where=m), x)[1](g)[0]
+            ours = jnp.where(mask if mask is not None else True, ours, 0.0)
+            theirs = jnp.where(mask if mask is not None else True, theirs, 0.0)
+            np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)
+
+
 def test_logsumexp_near_zero_result():
     """A result near 0 keeps relative precision (log1p of the non-max terms)."""
     x = jnp.array([1e-5, -20.0], jnp.float32)

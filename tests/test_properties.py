@@ -1230,8 +1230,8 @@ def test_fuzz_random_bits(name, dtype, request):
         v, g = _f64(value), _f64(grad)
         nan = _nan_rows(inp, name)
         # KL: the reference drops a term with zero target whatever its log-prediction, NaN
-        # included; the README's policy (followed here) makes any NaN input NaN for its
-        # example. The gradient wrt the log-predictions stays -t in both.
+        # included; the Inf/NaN policy (docs/accuracy.md, followed here) makes any NaN input
+        # NaN for its example. The gradient wrt the log-predictions stays -t in both.
         skip = nan if name in KL_FNS else np.zeros_like(nan)
         n = _fuzz_against_reference(name, inp, value, grad, skip_value=skip)
         assert np.all(np.isnan(v[nan])), (f"{name}: NaN input, non-NaN value", v)
@@ -1274,7 +1274,7 @@ def _fuzz_against_reference(
 
 
 def _check_documented_limits(name: str, inp: Inputs, v: np.ndarray, g: np.ndarray) -> int:
-    """The edge-case tables of the docstrings and README, wherever the batch has such a row.
+    """The edge-case tables of the docstrings and docs/accuracy.md, wherever the batch has one.
 
     Independent of the reference: each clause is a row of a documented table. Returns how
     many cases were checked.
@@ -1445,7 +1445,7 @@ def test_nan_row_with_masked_label(dtype, request):
 
 @pytest.mark.parametrize("name", ["softmax_cross_entropy", "safe_softmax_cross_entropy"])
 def test_soft_ce_logit_range_beyond_max(name, request):
-    """README: no inf where the exact result is finite (float32 logits near +-max)."""
+    """docs/accuracy.md: no inf where the exact result is finite (float32 logits near +-max)."""
 
     @st.composite
     def case(draw: st.DrawFn) -> Inputs:

@@ -1,6 +1,6 @@
 """Value checks (jaxce/_validate.py): eager errors, NaN under jit, checked mode, strict mode.
 
-The policy table is in the module docstring and the README; every row is pinned here for every
+The policy table is in the module docstring and docs/accuracy.md; every row is pinned here for every
 loss it applies to. Two kinds of bad value: those always checked (integer labels, probabilities
 given as inputs, weights and scales, negative KL targets) and targets outside their probability
 range, which are the exact extension by default and checked only in checked mode
