@@ -102,3 +102,37 @@ def test_every_doc_role_names_a_page():
             assert (DOCS / f"{target}.ipynb").exists() or (DOCS / f"{target}.md").exists()
             found += 1
     assert found >= 3
+
+
+def test_the_pages_the_issue_asks_for():
+    """Getting started, accuracy and edge cases, migration (optax, torch.nn.functional,
+    Keras), benchmarks with a plot, large vocabularies and sharding."""
+    text = {p.stem: p.read_text() for p in DOCS.glob("*.md")}
+    assert "optax.losses" in text["getting_started"]
+    for table in ("## Edge cases", "## Inf/NaN policy", "## Bad values", "## Measured against"):
+        assert table in text["accuracy"], table
+    for source in ("## From optax", "## From PyTorch", "## From Keras"):
+        assert source in text["migration"], source
+    assert "from_logits" in text["migration"]
+    assert "torch.nn.functional" in text["migration"]
+    image = re.search(r"```\{image\} (\S+)", text["benchmarks"])
+    assert image, "no plot on the benchmarks page"
+    assert (DOCS / image.group(1)).exists()
+    assert "python benchmarks/run.py" in text["benchmarks"]
+    assert "linear_cross_entropy" in text["large_vocab"]
+    assert "shard_map" in text["sharding"]
+
+
+def test_readme_is_short_and_links_to_the_docs():
+    """The README keeps one short accuracy table and one short speed table, dated, and leaves
+    the reference tables to the docs."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    tables = re.findall(r"\n\n(\|.*?)\n\n", readme, flags=re.S)
+    assert len(tables) == 2, f"{len(tables)} tables"
+    assert all(len(t.splitlines()) <= 8 for t in tables)
+    for section in ("## Accuracy", "## Speed"):
+        body = readme.split(section, 1)[1].split("\n## ", 1)[0]
+        assert re.search(r"20\d\d-\d\d-\d\d", body), f"{section} has no date"
+    for page in ("docs/accuracy.md", "docs/benchmarks.md", "docs/api.md", "docs/migration.md"):
+        assert f"({page})" in readme, page
